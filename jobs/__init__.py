@@ -1,0 +1,1 @@
+"""Stage drivers and the `sas-ray` CLI: build Ray pipelines from a validated config, record manifests, report."""

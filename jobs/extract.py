@@ -1,0 +1,284 @@
+"""Extract per-scene fused point features: every frame through each 2D teacher, fused onto the scene's points.
+
+Streaming on Ray Data, one pipeline per teacher, all running at once:
+  frame groups of a scene -> CPU decode tasks (RGB, depth, K, pose) -> the teacher's actor pool (model, projection,
+  depth test and sampling on its GPU) -> sparse partial sums -> merged per scene on the driver -> atomic write of
+  {output}/features/{teacher}/{scene}.safetensors + a manifest row. Scenes already done (manifest ok, hash
+  matches) are skipped; a bad frame fails only its scene, with an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
+
+from jobs.runtime import StageReport, ensure_ray
+from sas_ray.config import PRESETS, ExtractConfig, TeacherSpec
+from sas_ray.errors import InputError, SasError
+from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
+from sas_ray.geometry.intrinsics import adjust_intrinsic
+from sas_ray.prepared import read_frame_index, read_info
+from sas_ray.scene import PointFeatures
+from sas_ray.storage import Manifest, Storage, UnitResult
+
+FEATURES = "features"
+
+
+def frame_groups(index_rows: list[dict], scene_ids: list[str], frames_per_task: int) -> list[dict]:
+    """Work items: each scene's frames (index order) cut into groups of at most `frames_per_task`."""
+    by_scene: dict[str, list[dict]] = {s: [] for s in scene_ids}
+    for row in index_rows:
+        if row["scene"] in by_scene:
+            by_scene[row["scene"]].append(row)
+    groups = []
+    for scene_id, rows in by_scene.items():
+        chunks = [rows[i:i + frames_per_task] for i in range(0, len(rows), frames_per_task)] or [[]]
+        for g, chunk in enumerate(chunks):
+            groups.append({"scene": scene_id, "group": g, "num_groups": len(chunks),
+                           "frames": json.dumps(chunk)})
+    return groups
+
+
+def _resized(frame, size: tuple[int, int] | None):
+    """rgb, depth, K of a frame at `size` (H, W) (None = as stored): bilinear RGB, nearest depth, K by OpenScene's
+    rule."""
+    from PIL import Image
+
+    if size is None or frame.size == size:
+        return frame.rgb, frame.depth, frame.intrinsic
+    height, width = size
+    rgb = np.asarray(Image.fromarray(frame.rgb).resize((width, height), Image.BILINEAR))
+    depth = None
+    if frame.depth is not None:
+        depth = np.asarray(Image.fromarray(frame.depth).resize((width, height), Image.NEAREST))
+    return rgb, depth, adjust_intrinsic(frame.intrinsic, frame.size, size)
+
+
+def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] | None) -> dict:
+    """CPU task: read and decode a group's frames into stacked arrays; a bad frame becomes the group's `error`."""
+    from sas_ray.datasets.frames import read_frame
+
+    rows = json.loads(item["frames"])
+    out = {k: item[k] for k in ("scene", "group", "num_groups")}
+    out["num_frames"] = len(rows)
+    try:
+        if not rows:
+            raise InputError(f"scene {item['scene']} has no frames in the frame index")
+        frames = [_resized(read_frame(row, storage_options), image_size) for row in rows]
+        has_depth = [f[1] is not None for f in frames]
+        if any(has_depth) and not all(has_depth):
+            raise InputError(f"scene {item['scene']}: some frames have depth and some do not")
+        out.update(rgb=np.stack([f[0] for f in frames]), intrinsic=np.stack([f[2] for f in frames]),
+                   pose=np.stack([np.asarray(r["pose"], np.float64).reshape(4, 4) for r in rows]),
+                   depth=np.stack([f[1] for f in frames]) if all(has_depth) else np.zeros(0, np.float32),
+                   error="")
+    except (SasError, OSError, ValueError) as err:
+        message = str(err) if item["scene"] in str(err) else f"scene {item['scene']}: {err}"
+        out.update(rgb=np.zeros((0, 1, 1, 3), np.uint8), intrinsic=np.zeros((0, 3, 3)), pose=np.zeros((0, 4, 4)),
+                   depth=np.zeros(0, np.float32), error=message)
+    return out
+
+
+@dataclass
+class _PendingScene:
+    groups_left: int
+    accumulator: FeatureAccumulator | None = None
+    frames: int = 0
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class SceneMerger:
+    """Driver-side merge of a teacher's partials into whole scenes (order-independent additions)."""
+
+    expected_groups: dict[str, int]
+    pending: dict[str, _PendingScene] = field(default_factory=dict)
+
+    def add(self, row: dict) -> tuple[str, _PendingScene] | None:
+        """Add one actor output row; returns (scene, state) once the scene's last group has arrived."""
+        scene = row["scene"]
+        state = self.pending.setdefault(scene, _PendingScene(self.expected_groups[scene]))
+        state.groups_left -= 1
+        state.frames += int(row["num_frames"])
+        state.seconds += float(row["seconds"])
+        if row["error"]:
+            state.error = state.error or str(row["error"])
+            state.accumulator = None
+        elif not state.error:
+            partial = ScenePartial(int(row["num_points"]), torch.tensor(row["point_ids"]),
+                                   torch.tensor(row["feat_sum"]), torch.tensor(row["count"]))
+            if state.accumulator is None:
+                state.accumulator = FeatureAccumulator(partial.num_points, partial.feat_sum.shape[1])
+            state.accumulator.add_partial(partial)
+        if state.groups_left:
+            return None
+        return scene, self.pending.pop(scene)
+
+
+def feature_file(scene_id: str) -> str:
+    return f"{scene_id}.safetensors"
+
+
+def encode_features(features: PointFeatures | list[PointFeatures]) -> dict[str, torch.Tensor]:
+    """Tensors of a feature file: full resolution {feat, mask_full}, or chunks {feat_k, mask_full_k}."""
+    if isinstance(features, PointFeatures):
+        return {"feat": features.feat, "mask_full": features.mask_full}
+    tensors = {}
+    for k, chunk in enumerate(features):
+        tensors[f"feat_{k}"], tensors[f"mask_full_{k}"] = chunk.feat, chunk.mask_full
+    return tensors
+
+
+def decode_features(tensors: dict[str, torch.Tensor], source: str) -> PointFeatures | list[PointFeatures]:
+    """Inverse of `encode_features`."""
+    try:
+        if "feat" in tensors:
+            return PointFeatures(tensors["feat"], tensors["mask_full"])
+        k = 0
+        chunks = []
+        while f"feat_{k}" in tensors:
+            chunks.append(PointFeatures(tensors[f"feat_{k}"], tensors[f"mask_full_{k}"]))
+            k += 1
+        if chunks:
+            return chunks
+    except (KeyError, InputError) as err:
+        raise InputError(f"{source}: bad feature file: {err}") from None
+    raise InputError(f"{source}: not a feature file (no 'feat' tensor)")
+
+
+class _TeacherRun:
+    """One teacher's pipeline, merger, writer and manifest."""
+
+    def __init__(self, cfg: ExtractConfig, spec: TeacherSpec, out: Storage, info: dict, index_rows: list[dict],
+                 scene_ids: list[str], position: int):
+        self.cfg, self.spec = cfg, spec
+        self.stage = out.child(FEATURES, spec.folder)
+        self.manifest = Manifest(self.stage)
+        self.todo = self.manifest.pending(scene_ids)
+        self.skipped = len(scene_ids) - len(self.todo)
+        preset = PRESETS[info["preset"]]
+        self.image_size = tuple(cfg.image_size or info.get("image_size") or ()) or None
+        self.visibility = {"cut_bound": cfg.cut_bound if cfg.cut_bound is not None else preset.cut_bound,
+                           "vis_thres": cfg.vis_thres if cfg.vis_thres is not None else preset.vis_thres}
+        self.labelled_only = cfg.labelled_only if cfg.labelled_only is not None else not preset.has_depth
+        self.groups = frame_groups(index_rows, self.todo, cfg.frames_per_task)
+        self.merger = SceneMerger({g["scene"]: g["num_groups"] for g in self.groups})
+        total_frames = sum(len(json.loads(g["frames"])) for g in self.groups)
+        self.progress = tqdm(total=total_frames, desc=f"extract {spec.folder}", unit="frame", position=position,
+                             disable=not cfg.progress)
+        self.report = StageReport(f"extract[{spec.folder}]", skipped=self.skipped)
+
+    def dataset(self) -> ray.data.Dataset:
+        spec = self.spec
+        options = dict(self.cfg.storage.options)
+        ds = ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups)))
+        ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size})
+        return ds.map_batches(
+            _actor_class(), batch_size=1, batch_format="numpy", concurrency=tuple(spec.pool), num_gpus=spec.gpus,
+            fn_constructor_kwargs={"teacher": spec.model_dump(), "prepared": self.cfg.prepared,
+                                   "storage_options": options, "visibility": self.visibility,
+                                   "labelled_only": self.labelled_only})
+
+    def write(self, scene_id: str, state: _PendingScene) -> UnitResult:
+        start = time.perf_counter()
+        if state.error:
+            return UnitResult.failed(scene_id, state.error, state.seconds)
+        features = state.accumulator.finish()
+        if not features.mask_full.any():
+            return UnitResult.failed(scene_id, f"scene {scene_id}: no point is visible in any of its "
+                                               f"{state.frames} frames", state.seconds)
+        stored = features if self.cfg.split == "full" else random_chunks(
+            features, self.cfg.num_chunks, self.cfg.n_split_points, self.cfg.seed)
+        metadata = {"teacher": self.spec.name, "dim": str(features.dim), "frames": str(state.frames),
+                    "split": self.cfg.split, **{k: str(v) for k, v in self.visibility.items()}}
+        digest = self.stage.write_tensors(feature_file(scene_id), encode_features(stored), metadata)
+        if self.cfg.export_openscene:
+            from sas_ray.datasets.openscene import write_fused_features
+
+            chunks = stored if isinstance(stored, list) else [stored]
+            for k, chunk in enumerate(chunks):
+                write_fused_features(self.stage.url("openscene", f"{scene_id}_{k}.pt"), chunk,
+                                     dict(self.cfg.storage.options))
+        nbytes = sum(t.numel() * t.element_size() for t in encode_features(stored).values())
+        return UnitResult.ok(scene_id, feature_file(scene_id), digest, nbytes,
+                             state.seconds + time.perf_counter() - start)
+
+    def run(self) -> StageReport:
+        start = time.perf_counter()
+        if self.groups:
+            with ThreadPoolExecutor(max_workers=2) as writer:
+                writes: list[Future] = []
+                for row in self.dataset().iter_rows():
+                    self.progress.update(int(row["num_frames"]))
+                    finished = self.merger.add(row)
+                    if finished:
+                        writes.append(writer.submit(self.write, *finished))
+                    writes = self._collect(writes, block=len(writes) > 4)
+                self._collect(writes, block=True)
+        self.manifest.flush()
+        self.progress.close()
+        self.report.seconds = time.perf_counter() - start
+        self.report.outputs["features"] = self.stage.url()
+        return self.report
+
+    def _collect(self, writes: list[Future], block: bool) -> list[Future]:
+        left = []
+        for future in writes:
+            if block or future.done():
+                result = future.result()
+                self.manifest.record(result)
+                if result.status == "ok":
+                    self.report.done += 1
+                else:
+                    self.report.failed += 1
+                    self.report.errors.append(result.error)
+            else:
+                left.append(future)
+        return left
+
+
+def _actor_class():
+    from actors.extraction import TeacherFusionActor
+
+    return TeacherFusionActor
+
+
+def run_extract(cfg: ExtractConfig, address: str | None = None) -> list[StageReport]:
+    ensure_ray(address)
+    options = dict(cfg.storage.options)
+    prepared = Storage(cfg.prepared, options)
+    info = read_info(prepared)
+    index_rows = read_frame_index(prepared).to_pylist()
+    scene_ids = cfg.scenes or sorted({r["scene"] for r in index_rows})
+    out = Storage(cfg.output, options)
+    runs = [_TeacherRun(cfg, spec, out, info, index_rows, scene_ids, i) for i, spec in enumerate(cfg.teachers)]
+    if len(runs) == 1:
+        return [runs[0].run()]
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # teachers stream concurrently on their own pools
+        return list(pool.map(lambda r: r.run(), runs))
+
+
+def main(config: str, overrides: list[str], address: str | None) -> StageReport:
+    """Fuse every frame's 2D teacher features onto the 3D points of each prepared scene (SPEC §2).
+
+    Writes {output}/features/{teacher}/{scene}.safetensors ({feat fp16 [M,C], mask_full bool [N]}, OpenScene
+    semantics) and a manifest per teacher; `export_openscene: true` also writes OpenScene `.pt` files."""
+    from jobs.cli import load_stage_config
+
+    reports = run_extract(load_stage_config(config, overrides, ExtractConfig), address)
+    combined = StageReport("extract", seconds=max(r.seconds for r in reports))
+    for r in reports:
+        combined.done += r.done
+        combined.skipped += r.skipped
+        combined.failed += r.failed
+        combined.errors += r.errors
+        combined.outputs.update({r.stage: r.outputs.get("features", "")})
+    return combined

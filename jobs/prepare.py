@@ -1,0 +1,112 @@
+"""Prepare a dataset: raw layout (or a freshly rendered synthetic one) -> scenes + frame index in `output`.
+
+One Ray task per scene; each writes `scenes/{scene}.safetensors` atomically and returns a manifest row, so a rerun
+skips finished scenes and a bad scene fails alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+from tqdm import tqdm
+
+from jobs.runtime import StageReport, ensure_ray
+from sas_ray.config import DatasetConfig, PrepareConfig, config_hash
+from sas_ray.datasets import layout_module
+from sas_ray.datasets.frames import frame_index_table
+from sas_ray.errors import SasError
+from sas_ray.prepared import FRAMES, INFO, SCENES, encode_scene, frame_rows_of, scene_file
+from sas_ray.storage import Manifest, Storage, UnitResult
+
+
+def _run_tasks(fn, args: list[tuple], desc: str, progress: bool) -> list:
+    """Submit one remote task per argument tuple; results in completion order, with a progress bar."""
+    remote = ray.remote(fn)
+    refs = [remote.remote(*a) for a in args]
+    results = []
+    with tqdm(total=len(refs), desc=desc, unit="scene", disable=not progress) as bar:
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            results.append(ray.get(ready[0]))
+            bar.update(1)
+    return results
+
+
+def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, cfg_hash: str) -> UnitResult:
+    start = time.perf_counter()
+    dataset = DatasetConfig.model_validate(dataset)
+    layout = layout_module(dataset.layout)
+    try:
+        scene = layout.read_scene(dataset.root, dataset.split, scene_id, options)
+        rows = layout.frame_rows(dataset.root, dataset.split, scene_id, options)
+        tensors, metadata = encode_scene(scene, rows)
+        stage = Storage(output, options).child(SCENES)
+        digest = stage.write_tensors(scene_file(scene_id), tensors, metadata)
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return UnitResult.ok(scene_id, scene_file(scene_id), digest, nbytes, time.perf_counter() - start, cfg_hash)
+    except (SasError, OSError, ValueError, KeyError) as err:
+        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
+        return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
+
+
+def _generate_synthetic(dataset: DatasetConfig, options: dict, progress: bool) -> None:
+    """Render the synthetic scenes the raw layout does not have yet."""
+    from sas_ray.datasets.synthetic_dataset import synthetic_scene_ids
+
+    layout = layout_module(dataset.layout)
+    have = set(layout.list_scenes(dataset.root, dataset.split, options))
+    todo = [s for s in synthetic_scene_ids(dataset) if s not in have]
+    if todo:
+        args = [(dataset.model_dump(), s, options) for s in todo]
+        _run_tasks(_write_synthetic_task, args, "render synthetic", progress)
+
+
+def _write_synthetic_task(dataset: dict, scene_id: str, options: dict) -> None:
+    from sas_ray.datasets.synthetic_dataset import write_synthetic_scene
+
+    write_synthetic_scene(DatasetConfig.model_validate(dataset), scene_id, options)
+
+
+def run_prepare(cfg: PrepareConfig, address: str | None = None) -> StageReport:
+    start = time.perf_counter()
+    ensure_ray(address)
+    options = dict(cfg.storage.options)
+    dataset = cfg.dataset
+    if dataset.synthetic is not None:
+        _generate_synthetic(dataset, options, cfg.progress)
+    layout = layout_module(dataset.layout)
+    scene_ids = dataset.scenes or layout.list_scenes(dataset.root, dataset.split, options)
+    out = Storage(cfg.output, options)
+    manifest = Manifest(out.child(SCENES))
+    todo = manifest.pending(scene_ids)
+    report = StageReport("prepare", skipped=len(scene_ids) - len(todo))
+    cfg_hash = config_hash(dataset)
+    args = [(dataset.model_dump(), s, cfg.output, options, cfg_hash) for s in todo]
+    for result in _run_tasks(_prepare_scene, args, "prepare", cfg.progress):
+        manifest.record(result)
+        if result.status == "ok":
+            report.done += 1
+        else:
+            report.failed += 1
+            report.errors.append(result.error)
+    manifest.flush()
+    scenes = out.child(SCENES)
+    ready = [s for s in scene_ids if manifest.rows.get(s) and manifest.rows[s].status == "ok"]
+    rows = [row for s in ready for row in frame_rows_of(out, s)]
+    out.write_table(FRAMES, frame_index_table(rows))
+    out.write_json(INFO, {"layout": dataset.layout, "preset": dataset.preset_name, "split": dataset.split,
+                          "scenes": ready})
+    report.seconds = time.perf_counter() - start
+    report.outputs.update({"scenes": scenes.url(), "frame index": out.url(FRAMES), "frames": str(len(rows))})
+    return report
+
+
+def main(config: str, overrides: list[str], address: str | None) -> StageReport:
+    """Read a raw dataset (ScanNet / Matterport OpenScene layouts, nuScenes devkit layout), or render a synthetic one
+    first when the config has `dataset.synthetic`, into the prepared form every later stage reads:
+    {output}/scenes/{scene}.safetensors, {output}/frames.parquet (the frame index), {output}/dataset.json."""
+    from jobs.cli import load_stage_config
+
+    return run_prepare(load_stage_config(config, overrides, PrepareConfig), address)
+

@@ -1,0 +1,128 @@
+"""ScanNet in OpenScene's layout (SPEC §1.1-1.3): list scenes, read a scene and its frame index rows; write it.
+
+    root/scannet_2d/intrinsics.txt                  one global 4x4 K for every stored image
+    root/scannet_2d/<scene>/color/<f>.jpg           <f> = ScanNet frame number (0, 20, 40, ... after the export)
+    root/scannet_2d/<scene>/depth/<f>.png           uint16 millimetres, same size as the colour image
+    root/scannet_2d/<scene>/pose/<f>.txt            4x4 camera-to-world (OpenCV axes)
+    root/scannet_3d/<split>/<scene>_vh_clean_2.pth  OpenScene tuple (coords, colors, labels), see openscene.py
+    root/scans/<scene>/<scene>_vh_clean_2.ply       the mesh the points are the vertices of (faces for superpoints)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sas_ray.datasets.frames import (decode_matrix, encode_depth_png, encode_jpeg, encode_matrix, frame_row,
+                                     frame_unit, image_size)
+from sas_ray.datasets.openscene import decode_pth_scene, encode_pth_scene
+from sas_ray.datasets.ply import decode_ply, encode_ply
+from sas_ray.datasets.rawfiles import RawTree
+from sas_ray.errors import InputError
+from sas_ray.ids import check_id
+from sas_ray.scene import Frame, Scene
+from sas_ray.storage import Storage
+
+DEPTH_SCALE = 1000.0  # depth PNG units per metre
+_PTH_SUFFIX = "_vh_clean_2.pth"
+_INTRINSICS = "scannet_2d/intrinsics.txt"
+
+
+def _pth(split: str, scene_id: str) -> str:
+    return f"scannet_3d/{split}/{scene_id}{_PTH_SUFFIX}"
+
+
+def _mesh(scene_id: str) -> str:
+    return f"scans/{scene_id}/{scene_id}_vh_clean_2.ply"
+
+
+def list_scenes(root: str, split: str, options: dict | None = None) -> list[str]:
+    """Scene ids with a `.pth` in scannet_3d/<split>/, sorted."""
+    names = RawTree(root, options).list(f"scannet_3d/{check_id(split, 'split')}")
+    return [n[:-len(_PTH_SUFFIX)] for n in names if n.endswith(_PTH_SUFFIX)]
+
+
+def read_scene(root: str, split: str, scene_id: str, options: dict | None = None) -> Scene:
+    """The scene's points, colours and labels from its `.pth`, with the mesh faces when the PLY is present."""
+    tree = RawTree(root, options)
+    rel = _pth(check_id(split, "split"), check_id(scene_id, "scene id"))
+    scene = decode_pth_scene(tree.read(rel, f"scene {scene_id}"), scene_id, tree.url(rel))
+    return attach_mesh_faces(tree, _mesh(scene_id), scene)
+
+
+def attach_mesh_faces(tree: RawTree, rel: str, scene: Scene) -> Scene:
+    """`scene` with the faces of the PLY at `rel` if it exists; its vertices must be the scene's points."""
+    if not tree.exists(rel):
+        return scene
+    source = tree.url(rel)
+    mesh = decode_ply(tree.read(rel, f"scene {scene.scene_id}"), source)
+    if mesh.points.shape != scene.points.shape or not np.allclose(mesh.points, scene.points, atol=1e-5):
+        raise InputError(f"scene {scene.scene_id}: {source} has {len(mesh.points)} vertices that differ from the "
+                         f"{scene.num_points} points of the scene file (expected the same vertices in order)")
+    return dataclasses.replace(scene, faces=mesh.faces)
+
+
+def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:
+    """Frame index rows of the scene, in frame-number order, keeping frame numbers divisible by `frame_skip` (so 20
+    on a raw every-frame export and 1 or 20 on OpenScene's every-20th export give the same frames). Frames whose
+    pose is not finite (ScanNet's lost tracking, '-inf') are left out: OpenScene's projection maps them nowhere.
+    `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout signature."""
+    tree = RawTree(root, options)
+    check_id(scene_id, "scene id")
+    unit = f"scene {scene_id}"
+    folder = f"scannet_2d/{scene_id}"
+    names = [n for n in tree.list(f"{folder}/color") if n.endswith(".jpg")]
+    if not names:
+        raise InputError(f"{unit}: no colour images in {tree.url(folder, 'color')}")
+    bad = [n for n in names if not n[:-4].isdigit()]
+    if bad:
+        raise InputError(f"{unit}: {tree.url(folder, 'color', bad[0])} is not named <frame number>.jpg")
+    frames = sorted((n[:-4] for n in names if int(n[:-4]) % frame_skip == 0), key=int)
+    if not frames:
+        return []
+    intrinsic = decode_matrix(tree.read(_INTRINSICS, unit), (3, 3), unit, tree.url(_INTRINSICS))
+    pose_rels = [f"{folder}/pose/{f}.txt" for f in frames]
+    poses = [decode_matrix(data, (4, 4), frame_unit(scene_id, f), tree.url(rel))
+             for f, rel, data in zip(frames, pose_rels, tree.read_many(pose_rels, unit))]
+    first = f"{folder}/color/{frames[0]}.jpg"
+    width, height = image_size(tree.read(first, unit), unit, tree.url(first))
+    return [frame_row(scene_id, f, tree.url(folder, "color", f"{f}.jpg"), intrinsic, pose, width, height,
+                      depth_uri=tree.url(folder, "depth", f"{f}.png"), depth_scale=DEPTH_SCALE)
+            for f, pose in zip(frames, poses) if np.isfinite(pose).all()]
+
+
+def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], options: dict | None = None) -> None:
+    """Write one scene and its frames in this layout. Frame ids must be frame numbers, every frame needs depth, and
+    all frames share one K, which must also equal an intrinsics.txt already present (ScanNet's K is global)."""
+    store = Storage(root, options)
+    sid = scene.scene_id
+    check_id(split, "split")
+    for frame in frames:
+        unit = frame_unit(frame.scene_id, frame.frame_id)
+        if frame.scene_id != sid or not frame.frame_id.isdigit() or frame.depth is None:
+            raise InputError(f"{unit}: ScanNet frames need scene id {sid}, a numeric frame id and depth")
+        if not np.array_equal(frame.intrinsic, frames[0].intrinsic):
+            raise InputError(f"{unit}: intrinsic differs from frame {frames[0].frame_id} (ScanNet K is global)")
+    if frames:
+        _write_global_intrinsic(store, frames[0].intrinsic, sid)
+    for frame in frames:
+        folder, f = f"scannet_2d/{sid}", frame.frame_id
+        store.write_bytes(f"{folder}/color/{f}.jpg", encode_jpeg(frame.rgb))
+        store.write_bytes(f"{folder}/depth/{f}.png", encode_depth_png(frame.depth, DEPTH_SCALE))
+        store.write_bytes(f"{folder}/pose/{f}.txt", encode_matrix(frame.pose))
+    store.write_bytes(_pth(split, sid), encode_pth_scene(scene))
+    store.write_bytes(_mesh(sid), encode_ply(scene.points, scene.colors, faces=scene.faces))
+
+
+def _write_global_intrinsic(store: Storage, intrinsic: np.ndarray, scene_id: str) -> None:
+    k4 = np.eye(4)
+    k4[:3, :3] = intrinsic
+    if store.exists(_INTRINSICS):
+        unit = f"scene {scene_id}"
+        old = decode_matrix(store.read_bytes(_INTRINSICS), (3, 3), unit, store.url(_INTRINSICS))
+        if not np.array_equal(old, intrinsic):
+            raise InputError(f"{unit}: intrinsic {intrinsic.tolist()} differs from {store.url(_INTRINSICS)} "
+                             f"{old.tolist()} (ScanNet K is global)")
+        return
+    store.write_bytes(_INTRINSICS, encode_matrix(k4))

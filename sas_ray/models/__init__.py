@@ -1,0 +1,20 @@
+"""The 2D model zoo: teachers (per-pixel features), text encoders, Stable Diffusion and SAM, built by name."""
+
+from sas_ray.models import clip_text, openclip_dense, sam_clip  # noqa: F401  (registers the models)
+from sas_ray.models.base import (
+    Resources,
+    Teacher,
+    TextEncoder,
+    build_teacher,
+    build_text_encoder,
+    register_teacher,
+    register_text_encoder,
+    require_text_space,
+    teacher_names,
+    text_encoder_names,
+)
+
+__all__ = [
+    "Resources", "Teacher", "TextEncoder", "build_teacher", "build_text_encoder", "register_teacher",
+    "register_text_encoder", "require_text_space", "teacher_names", "text_encoder_names",
+]
