@@ -69,7 +69,7 @@ class TeacherFusionActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {k: [] for k in ("scene", "group", "num_groups", "num_frames", "num_points",
-                                               "point_ids", "feat_sum", "count", "error", "seconds")}
+                                               "point_ids", "feat_sum", "count", "error", "seconds", "text_space")}
         for i in range(len(batch["scene"])):
             row = {k: v[i] for k, v in batch.items()}
             start = time.perf_counter()
@@ -87,4 +87,5 @@ class TeacherFusionActor:
                 out[key].append(value)
             out["error"].append(error)
             out["seconds"].append(time.perf_counter() - start)
+            out["text_space"].append(self.teacher.text_space)
         return out

@@ -2,8 +2,9 @@
 
     frames.map_batches(TeacherActor, **teacher_map_kwargs(spec))
 
-Input rows carry `rgb` uint8 [H, W, 3]; output rows add `features` [H, W, C] float16 (model-only use: throughput,
-inspection). The extraction pipeline fuses on the actor instead (actors/extraction.py), with the same teacher.
+Input rows carry `rgb` uint8 [H, W, 3]; output rows add `features` (or another column name) [H, W, C]
+float16, for model-only use (throughput, inspection). The extraction pipeline fuses on its actor instead
+(actors/extraction.py), with the same teachers.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from sas_ray.models import build_teacher
 
 
 def teacher_map_kwargs(spec: TeacherSpec, storage_options: dict | None = None,
-                       warmup_size: tuple[int, int] | None = (64, 64)) -> dict:
+                       warmup_size: tuple[int, int] | None = (64, 64), column: str = "features") -> dict:
     """`map_batches` keyword arguments declared by the spec: actor pool (min, max), GPUs per actor, batch size."""
     return {"fn_constructor_kwargs": {"spec": spec.model_dump(), "storage_options": storage_options,
-                                      "warmup_size": warmup_size},
+                                      "warmup_size": warmup_size, "column": column},
             "concurrency": tuple(spec.pool), "num_gpus": spec.gpus, "batch_size": spec.batch_size,
             "batch_format": "numpy"}
 
 
 class TeacherActor:
+    """Adds `column` (default "features") to each row; several teachers can annotate the same frames."""
+
     def __init__(self, spec: dict, storage_options: dict | None = None,
-                 warmup_size: tuple[int, int] | None = (64, 64)):
+                 warmup_size: tuple[int, int] | None = (64, 64), column: str = "features"):
         spec = TeacherSpec(**spec)
+        self.column = column
         self.device = actor_device()
         self.teacher = build_teacher(spec.name, spec.weights, tiny=spec.tiny, device=self.device,
                                      dtype=actor_dtype(spec.dtype, self.device), storage_options=storage_options,
@@ -48,7 +52,7 @@ class TeacherActor:
             out = self.teacher.encode(rgb).to(torch.float16).cpu().numpy()
             for i, feats in zip(rows, out):
                 features[i] = feats
-        return {**batch, "features": _column(features)}
+        return {**batch, self.column: _column(features)}
 
 
 def _column(arrays: list[np.ndarray]) -> np.ndarray:

@@ -9,40 +9,48 @@
 namespace sas_ray {
 namespace {
 
-struct Graph {
-  std::vector<int32_t> a, b;  // endpoints of each edge
-  std::vector<float> w;       // weight of each edge
+struct Edge {
+  int32_t a, b;  // endpoints
+  float w;       // weight
 };
 
-// Union-find with union by rank; path halving only shortens paths, so roots are the original's.
-class DisjointSets {
+// Union-find with union by rank, one 16-byte node per vertex (with the Felzenszwalb threshold) for locality.
+// Path halving only shortens paths, so roots are the original's.
+class Forest {
  public:
-  explicit DisjointSets(int32_t n) : parent_(n), rank_(n, 0), size_(n, 1) {
-    for (int32_t i = 0; i < n; ++i) parent_[i] = i;
+  Forest(int32_t n, float threshold) : nodes_(n) {
+    for (int32_t i = 0; i < n; ++i) nodes_[i] = {i, 0, 1, threshold};
   }
   int32_t find(int32_t x) {
-    while (parent_[x] != x) {
-      parent_[x] = parent_[parent_[x]];
-      x = parent_[x];
+    while (nodes_[x].parent != x) {
+      nodes_[x].parent = nodes_[nodes_[x].parent].parent;
+      x = nodes_[x].parent;
     }
     return x;
   }
   // Joins two roots; y survives unless x has the higher rank (the original's rule). Returns the survivor.
   int32_t join(int32_t x, int32_t y) {
-    if (rank_[x] > rank_[y]) {
-      parent_[y] = x;
-      size_[x] += size_[y];
+    Node& nx = nodes_[x];
+    Node& ny = nodes_[y];
+    if (nx.rank > ny.rank) {
+      ny.parent = x;
+      nx.size += ny.size;
       return x;
     }
-    parent_[x] = y;
-    size_[y] += size_[x];
-    if (rank_[x] == rank_[y]) ++rank_[y];
+    nx.parent = y;
+    ny.size += nx.size;
+    if (nx.rank == ny.rank) ++ny.rank;
     return y;
   }
-  int32_t size(int32_t root) const { return size_[root]; }
+  int32_t size(int32_t root) const { return nodes_[root].size; }
+  float& threshold(int32_t root) { return nodes_[root].threshold; }
 
  private:
-  std::vector<int32_t> parent_, rank_, size_;
+  struct Node {
+    int32_t parent, rank, size;
+    float threshold;
+  };
+  std::vector<Node> nodes_;
 };
 
 // The original's edge weight, same float operations in the same order.
@@ -65,9 +73,8 @@ float edge_weight(const float* vertices, const float* normals, int32_t a, int32_
   return w;
 }
 
-void set_weights(const float* vertices, const float* normals, Graph& graph) {
-  graph.w.resize(graph.a.size());
-  for (size_t i = 0; i < graph.a.size(); ++i) graph.w[i] = edge_weight(vertices, normals, graph.a[i], graph.b[i]);
+void set_weights(const float* vertices, const float* normals, std::vector<Edge>& edges) {
+  for (Edge& edge : edges) edge.w = edge_weight(vertices, normals, edge.a, edge.b);
 }
 
 std::vector<float> mesh_vertex_normals(const float* vertices, int64_t num_vertices, const int64_t* faces,
@@ -108,63 +115,54 @@ uint32_t weight_key(float w) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Edge indices by ascending weight, ties in index order: a stable LSD radix sort (11 + 11 + 10 bits).
-std::vector<uint32_t> stable_weight_order(const std::vector<float>& weights) {
-  const size_t n = weights.size();
-  std::vector<uint32_t> keys(n), order(n), keys_tmp(n), order_tmp(n);
+// Sorts edges by ascending weight, ties in input order: a stable LSD radix sort on the key (11 + 11 + 10 bits).
+void sort_by_weight(std::vector<Edge>& edges) {
+  const size_t n = edges.size();
   constexpr int kShift[3] = {0, 11, 22};
   std::array<std::vector<size_t>, 3> counts;
   for (auto& c : counts) c.assign(2049, 0);
-  for (size_t i = 0; i < n; ++i) {
-    keys[i] = weight_key(weights[i]);
-    order[i] = static_cast<uint32_t>(i);
-    for (int d = 0; d < 3; ++d) ++counts[d][((keys[i] >> kShift[d]) & 0x7FFu) + 1];
+  for (const Edge& edge : edges) {
+    const uint32_t key = weight_key(edge.w);
+    for (int d = 0; d < 3; ++d) ++counts[d][((key >> kShift[d]) & 0x7FFu) + 1];
   }
+  std::vector<Edge> sorted(n);
   for (int d = 0; d < 3; ++d) {
     auto& start = counts[d];
     bool one_bucket = false;
     for (size_t digit = 1; digit <= 2048; ++digit) one_bucket |= (start[digit] == n);
     if (one_bucket) continue;  // every key has this digit: the pass would not move anything
     for (size_t digit = 1; digit <= 2048; ++digit) start[digit] += start[digit - 1];
-    for (size_t i = 0; i < n; ++i) {
-      const size_t slot = start[(keys[i] >> kShift[d]) & 0x7FFu]++;
-      keys_tmp[slot] = keys[i];
-      order_tmp[slot] = order[i];
-    }
-    keys.swap(keys_tmp);
-    order.swap(order_tmp);
+    for (const Edge& edge : edges) sorted[start[(weight_key(edge.w) >> kShift[d]) & 0x7FFu]++] = edge;
+    edges.swap(sorted);
   }
-  return order;
 }
 
-// Felzenszwalb over sorted edges, the small-segment pass, then ids numbered by increasing root index.
-void felzenszwalb(int32_t num_vertices, const Graph& graph, float k_thresh, int64_t min_verts, int64_t* out) {
-  const std::vector<uint32_t> order = stable_weight_order(graph.w);
-  DisjointSets sets(num_vertices);
-  std::vector<float> threshold(num_vertices, k_thresh);
-  for (const uint32_t e : order) {
-    const float w = graph.w[e];
-    const int32_t a = sets.find(graph.a[e]);
-    const int32_t b = sets.find(graph.b[e]);
-    if (a != b && w <= threshold[a] && w <= threshold[b]) {
-      const int32_t root = sets.join(a, b);
-      threshold[root] = w + k_thresh / static_cast<float>(sets.size(root));
+// Felzenszwalb over the sorted edges, the small-segment pass, then ids numbered by increasing root index.
+void felzenszwalb(int32_t num_vertices, std::vector<Edge>& edges, float k_thresh, int64_t min_verts, int64_t* out) {
+  sort_by_weight(edges);
+  Forest forest(num_vertices, k_thresh);
+  for (const Edge& edge : edges) {
+    const int32_t a = forest.find(edge.a);
+    const int32_t b = forest.find(edge.b);
+    if (a != b && edge.w <= forest.threshold(a) && edge.w <= forest.threshold(b)) {
+      const int32_t root = forest.join(a, b);
+      forest.threshold(root) = edge.w + k_thresh / static_cast<float>(forest.size(root));
     }
   }
-  for (const uint32_t e : order) {
-    const int32_t a = sets.find(graph.a[e]);
-    const int32_t b = sets.find(graph.b[e]);
-    if (a != b && (sets.size(a) < min_verts || sets.size(b) < min_verts)) sets.join(a, b);
+  for (const Edge& edge : edges) {
+    const int32_t a = forest.find(edge.a);
+    const int32_t b = forest.find(edge.b);
+    if (a != b && (forest.size(a) < min_verts || forest.size(b) < min_verts)) forest.join(a, b);
   }
   std::vector<int64_t> id_of_root(num_vertices, 0);
-  for (int32_t v = 0; v < num_vertices; ++v) id_of_root[sets.find(v)] = 1;
+  for (int32_t v = 0; v < num_vertices; ++v) id_of_root[forest.find(v)] = 1;
   int64_t next = 0;
   for (int32_t r = 0; r < num_vertices; ++r) {
     const int64_t present = id_of_root[r];
     id_of_root[r] = next;
     next += present;
   }
-  for (int32_t v = 0; v < num_vertices; ++v) out[v] = id_of_root[sets.find(v)];
+  for (int32_t v = 0; v < num_vertices; ++v) out[v] = id_of_root[forest.find(v)];
 }
 
 }  // namespace
@@ -172,29 +170,24 @@ void felzenszwalb(int32_t num_vertices, const Graph& graph, float k_thresh, int6
 void segment_mesh(const float* vertices, int64_t num_vertices, const int64_t* faces, int64_t num_faces,
                   float k_thresh, int64_t min_verts, int64_t* out) {
   const std::vector<float> normals = mesh_vertex_normals(vertices, num_vertices, faces, num_faces);
-  Graph graph;
-  graph.a.resize(3 * num_faces);
-  graph.b.resize(3 * num_faces);
+  std::vector<Edge> edges(3 * num_faces);
   for (int64_t f = 0; f < num_faces; ++f) {  // a-b, a-c, c-b
     const auto i1 = static_cast<int32_t>(faces[3 * f]);
     const auto i2 = static_cast<int32_t>(faces[3 * f + 1]);
     const auto i3 = static_cast<int32_t>(faces[3 * f + 2]);
-    graph.a[3 * f] = i1, graph.b[3 * f] = i2;
-    graph.a[3 * f + 1] = i1, graph.b[3 * f + 1] = i3;
-    graph.a[3 * f + 2] = i3, graph.b[3 * f + 2] = i2;
+    edges[3 * f] = {i1, i2, 0.0f};
+    edges[3 * f + 1] = {i1, i3, 0.0f};
+    edges[3 * f + 2] = {i3, i2, 0.0f};
   }
-  set_weights(vertices, normals.data(), graph);
-  felzenszwalb(static_cast<int32_t>(num_vertices), graph, k_thresh, min_verts, out);
+  set_weights(vertices, normals.data(), edges);
+  felzenszwalb(static_cast<int32_t>(num_vertices), edges, k_thresh, min_verts, out);
 }
 
 void segment_graph(const float* vertices, const float* normals, int64_t num_vertices, const int64_t* edges,
                    int64_t num_edges, float k_thresh, int64_t min_verts, int64_t* out) {
-  Graph graph;
-  graph.a.resize(num_edges);
-  graph.b.resize(num_edges);
+  std::vector<Edge> graph(num_edges);
   for (int64_t e = 0; e < num_edges; ++e) {
-    graph.a[e] = static_cast<int32_t>(edges[2 * e]);
-    graph.b[e] = static_cast<int32_t>(edges[2 * e + 1]);
+    graph[e] = {static_cast<int32_t>(edges[2 * e]), static_cast<int32_t>(edges[2 * e + 1]), 0.0f};
   }
   set_weights(vertices, normals, graph);
   felzenszwalb(static_cast<int32_t>(num_vertices), graph, k_thresh, min_verts, out);

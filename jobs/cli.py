@@ -14,6 +14,7 @@ STAGES: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
     "prepare": ("jobs.prepare:main", "raw dataset (ScanNet/Matterport/nuScenes layout, or synthetic) -> scenes + frame index"),
     "extract": ("jobs.extract:main", "2D teachers on every frame, fused onto 3D points -> per-scene features"),
+    "superpoints": ("jobs.superpoints:main", "segmentator superpoints per scene (mesh graph, or kNN graph for lidar)"),
 }
 
 EPILOG = """Every stage is resumable: rerunning the same command skips units whose manifest row is ok and whose

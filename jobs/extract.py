@@ -22,13 +22,11 @@ from tqdm import tqdm
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, ExtractConfig, TeacherSpec
 from sas_ray.errors import InputError, SasError
+from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
 from sas_ray.geometry.intrinsics import adjust_intrinsic
 from sas_ray.prepared import read_frame_index, read_info
-from sas_ray.scene import PointFeatures
 from sas_ray.storage import Manifest, Storage, UnitResult
-
-FEATURES = "features"
 
 
 def frame_groups(index_rows: list[dict], scene_ids: list[str], frames_per_task: int) -> list[dict]:
@@ -91,6 +89,7 @@ class _PendingScene:
     groups_left: int
     accumulator: FeatureAccumulator | None = None
     frames: int = 0
+    text_space: str = ""
     error: str = ""
     seconds: float = 0.0
 
@@ -109,6 +108,7 @@ class SceneMerger:
         state.groups_left -= 1
         state.frames += int(row["num_frames"])
         state.seconds += float(row["seconds"])
+        state.text_space = str(row["text_space"])
         if row["error"]:
             state.error = state.error or str(row["error"])
             state.accumulator = None
@@ -121,37 +121,6 @@ class SceneMerger:
         if state.groups_left:
             return None
         return scene, self.pending.pop(scene)
-
-
-def feature_file(scene_id: str) -> str:
-    return f"{scene_id}.safetensors"
-
-
-def encode_features(features: PointFeatures | list[PointFeatures]) -> dict[str, torch.Tensor]:
-    """Tensors of a feature file: full resolution {feat, mask_full}, or chunks {feat_k, mask_full_k}."""
-    if isinstance(features, PointFeatures):
-        return {"feat": features.feat, "mask_full": features.mask_full}
-    tensors = {}
-    for k, chunk in enumerate(features):
-        tensors[f"feat_{k}"], tensors[f"mask_full_{k}"] = chunk.feat, chunk.mask_full
-    return tensors
-
-
-def decode_features(tensors: dict[str, torch.Tensor], source: str) -> PointFeatures | list[PointFeatures]:
-    """Inverse of `encode_features`."""
-    try:
-        if "feat" in tensors:
-            return PointFeatures(tensors["feat"], tensors["mask_full"])
-        k = 0
-        chunks = []
-        while f"feat_{k}" in tensors:
-            chunks.append(PointFeatures(tensors[f"feat_{k}"], tensors[f"mask_full_{k}"]))
-            k += 1
-        if chunks:
-            return chunks
-    except (KeyError, InputError) as err:
-        raise InputError(f"{source}: bad feature file: {err}") from None
-    raise InputError(f"{source}: not a feature file (no 'feat' tensor)")
 
 
 class _TeacherRun:
@@ -197,7 +166,8 @@ class _TeacherRun:
                                                f"{state.frames} frames", state.seconds)
         stored = features if self.cfg.split == "full" else random_chunks(
             features, self.cfg.num_chunks, self.cfg.n_split_points, self.cfg.seed)
-        metadata = {"teacher": self.spec.name, "dim": str(features.dim), "frames": str(state.frames),
+        metadata = {"teacher": self.spec.name, "text_space": state.text_space, "dim": str(features.dim),
+                    "frames": str(state.frames),
                     "split": self.cfg.split, **{k: str(v) for k, v in self.visibility.items()}}
         digest = self.stage.write_tensors(feature_file(scene_id), encode_features(stored), metadata)
         if self.cfg.export_openscene:
@@ -235,11 +205,7 @@ class _TeacherRun:
             if block or future.done():
                 result = future.result()
                 self.manifest.record(result)
-                if result.status == "ok":
-                    self.report.done += 1
-                else:
-                    self.report.failed += 1
-                    self.report.errors.append(result.error)
+                self.report.count(result)
             else:
                 left.append(future)
         return left

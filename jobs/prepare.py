@@ -11,26 +11,13 @@ import time
 import ray
 from tqdm import tqdm
 
-from jobs.runtime import StageReport, ensure_ray
+from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
 from sas_ray.config import DatasetConfig, PrepareConfig, config_hash
 from sas_ray.datasets import layout_module
 from sas_ray.datasets.frames import frame_index_table
 from sas_ray.errors import SasError
 from sas_ray.prepared import FRAMES, INFO, SCENES, encode_scene, frame_rows_of, scene_file
 from sas_ray.storage import Manifest, Storage, UnitResult
-
-
-def _run_tasks(fn, args: list[tuple], desc: str, progress: bool) -> list:
-    """Submit one remote task per argument tuple; results in completion order, with a progress bar."""
-    remote = ray.remote(fn)
-    refs = [remote.remote(*a) for a in args]
-    results = []
-    with tqdm(total=len(refs), desc=desc, unit="scene", disable=not progress) as bar:
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
-            results.append(ray.get(ready[0]))
-            bar.update(1)
-    return results
 
 
 def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, cfg_hash: str) -> UnitResult:
@@ -54,12 +41,24 @@ def _generate_synthetic(dataset: DatasetConfig, options: dict, progress: bool) -
     """Render the synthetic scenes the raw layout does not have yet."""
     from sas_ray.datasets.synthetic_dataset import synthetic_scene_ids
 
+    if dataset.layout == "nuscenes":  # devkit tables span all samples: one task writes the whole set
+        if not Storage(dataset.root, options).exists(f"{dataset.split}/sample.json"):
+            ray.get(ray.remote(_write_synthetic_devkit_task).remote(dataset.model_dump(), options))
+        return
     layout = layout_module(dataset.layout)
     have = set(layout.list_scenes(dataset.root, dataset.split, options))
     todo = [s for s in synthetic_scene_ids(dataset) if s not in have]
-    if todo:
-        args = [(dataset.model_dump(), s, options) for s in todo]
-        _run_tasks(_write_synthetic_task, args, "render synthetic", progress)
+    task = ray.remote(_write_synthetic_task)
+    refs = [task.remote(dataset.model_dump(), s, options) for s in todo]
+    for _ in tqdm(range(len(refs)), desc="render synthetic", unit="scene", disable=not progress):
+        ready, refs = ray.wait(refs, num_returns=1)
+        ray.get(ready[0])
+
+
+def _write_synthetic_devkit_task(dataset: dict, options: dict) -> None:
+    from sas_ray.datasets.synthetic_dataset import write_synthetic_devkit
+
+    write_synthetic_devkit(DatasetConfig.model_validate(dataset), options)
 
 
 def _write_synthetic_task(dataset: dict, scene_id: str, options: dict) -> None:
@@ -82,15 +81,8 @@ def run_prepare(cfg: PrepareConfig, address: str | None = None) -> StageReport:
     todo = manifest.pending(scene_ids)
     report = StageReport("prepare", skipped=len(scene_ids) - len(todo))
     cfg_hash = config_hash(dataset)
-    args = [(dataset.model_dump(), s, cfg.output, options, cfg_hash) for s in todo]
-    for result in _run_tasks(_prepare_scene, args, "prepare", cfg.progress):
-        manifest.record(result)
-        if result.status == "ok":
-            report.done += 1
-        else:
-            report.failed += 1
-            report.errors.append(result.error)
-    manifest.flush()
+    units = [(s, (dataset.model_dump(), s, cfg.output, options, cfg_hash)) for s in todo]
+    run_unit_tasks(_prepare_scene, units, manifest, report, "prepare", cfg.progress)
     scenes = out.child(SCENES)
     ready = [s for s in scene_ids if manifest.rows.get(s) and manifest.rows[s].status == "ok"]
     rows = [row for s in ready for row in frame_rows_of(out, s)]

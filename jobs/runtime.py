@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+from tqdm import tqdm
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -33,9 +35,39 @@ class StageReport:
     errors: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
 
+    def count(self, result) -> None:
+        """Tally one unit's manifest row."""
+        if result.status == "ok":
+            self.done += 1
+        else:
+            self.failed += 1
+            self.errors.append(result.error)
+
     def summary(self) -> str:
         lines = [f"{self.stage}: {self.done} done, {self.skipped} already done (skipped), {self.failed} failed "
                  f"in {self.seconds:.1f} s"]
         lines += [f"  error: {e}" for e in self.errors]
         lines += [f"  {k}: {v}" for k, v in self.outputs.items()]
         return "\n".join(lines)
+
+
+def run_unit_tasks(fn: Callable, units: list[tuple[str, tuple]], manifest, report: StageReport, desc: str,
+                   progress: bool, num_cpus: float = 1) -> None:
+    """One Ray task per unit (`fn(*args) -> UnitResult`), results recorded in `manifest` and `report` as they
+    complete, with a progress bar."""
+    from sas_ray.storage import UnitResult
+
+    remote = ray.remote(num_cpus=num_cpus)(fn)
+    pending = {remote.remote(*args): unit for unit, args in units}
+    with tqdm(total=len(pending), desc=desc, unit="scene", disable=not progress) as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            unit = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as err:  # the task died (OOM, node lost): that unit fails, not the stage
+                result = UnitResult.failed(unit, f"{unit}: task failed: {err}")
+            manifest.record(result)
+            report.count(result)
+            bar.update(1)
+    manifest.flush()

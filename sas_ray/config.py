@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sas_ray.errors import ConfigError
+from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX
 
 
 class Strict(BaseModel):
@@ -142,6 +143,110 @@ class ExtractConfig(Strict):
     export_openscene: bool = False  # also write OpenScene `.pt` files ({"feat", "mask_full"})
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
+
+
+class SuperpointsConfig(Strict):
+    """`sas-ray superpoints`: segmentator superpoints per prepared scene."""
+
+    prepared: str
+    output: str
+    scenes: list[str] | None = None
+    mode: Literal["auto", "mesh", "points"] = "auto"  # auto = mesh when the scene has faces
+    k_thresh: float = Field(0.01, gt=0)  # SAS: 0.01
+    min_verts: int = Field(60, ge=1)  # SAS: 60 (segmentator default 20)
+    knn: int = Field(16, ge=3)  # neighbours of the point graph
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    progress: bool = True
+
+
+class TextEncoderSpec(Strict):
+    """The text encoder whose space the features live in (built on the driver; only its embeddings travel)."""
+
+    name: str = "openclip-text"  # registry name (sas_ray.models.text_encoder_names())
+    weights: str | None = None  # the same CLIP checkpoint as the teachers'
+    tiny: bool = False
+    options: dict = Field(default_factory=dict)  # builder keyword arguments (arch, seed for tiny, ...)
+
+
+def _known_label_set(name: str | None) -> None:
+    if name is not None and name not in LABEL_SETS:
+        raise ValueError(f"unknown label_set {name!r}; known: {sorted(LABEL_SETS)}")
+
+
+class FuseConfig(Strict):
+    """`sas-ray fuse`: per scene, the teachers' features (features/{teacher}/) fused into features/{fused_name}/."""
+
+    output: str  # root holding features/ (and capability/capability.parquet for method capability)
+    teachers: list[str] = Field(min_length=1)  # feature folder names; the first plays SAS's LSeg role
+    method: Literal["capability", "add", "linear", "single"] = "capability"  # single = the first teacher alone
+    linear_weights: list[float] | None = None  # method linear, one per teacher; default: equal weights 1/T
+    label_set: str = "matterport21"  # the vocabulary of the votes: SAS's 21 entries, 'other' at 19
+    other_index: int | None = None  # vocabulary entry whose first-teacher votes keep the first feature;
+    # absent = the label set's 'other' entry (labels.OPENSCENE_OTHER_INDEX), null = no such rule
+    temperature: float = Field(0.05, gt=0)
+    text_encoder: TextEncoderSpec | None = None  # required by method capability; checks the features' text space
+    fused_name: str = "fused"
+    scenes: list[str] | None = None  # default: every scene any teacher has features for
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_other_index(cls, data):
+        """Resolve other_index from the label set here, so a dumped config means the same after re-validation."""
+        if isinstance(data, dict) and "other_index" not in data:
+            label_set = data.get("label_set", cls.model_fields["label_set"].default)
+            data = {**data, "other_index": OPENSCENE_OTHER_INDEX.get(label_set)}
+        return data
+
+    @model_validator(mode="after")
+    def _method_inputs(self) -> FuseConfig:
+        _known_label_set(self.label_set)
+        size = len(LABEL_SETS[self.label_set])
+        if self.other_index is not None and not 0 <= self.other_index < size:
+            raise ValueError(f"other_index {self.other_index} is outside label_set {self.label_set!r} (0..{size - 1})")
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ValueError(f"teachers must be distinct, got {self.teachers}")
+        if self.method != "single" and len(self.teachers) < 2:
+            raise ValueError(f"method {self.method!r} needs at least 2 teachers, got {self.teachers}")
+        if self.method == "capability" and self.text_encoder is None:
+            raise ValueError("method 'capability' needs text_encoder (the vocabulary the teachers vote over)")
+        if self.linear_weights is not None and (self.method != "linear"
+                                                or len(self.linear_weights) != len(self.teachers)):
+            raise ValueError(f"linear_weights are for method 'linear', one per teacher; got {self.linear_weights} "
+                             f"for method {self.method!r} and {len(self.teachers)} teachers")
+        if self.fused_name in self.teachers:
+            raise ValueError(f"fused_name {self.fused_name!r} is one of the teachers")
+        return self
+
+
+class EvaluateConfig(Strict):
+    """`sas-ray evaluate`: per-class IoU/accuracy of features/{features}/ against the prepared ground truth, with
+    pictures, under {output}/evaluate/{name}/."""
+
+    prepared: str  # output root of `sas-ray prepare` (points + ground-truth labels)
+    output: str  # root holding features/; results go to evaluate/{name}/
+    features: str = "fused"  # folder under features/ (the fused features or one teacher's)
+    mode: Literal["fusion", "distill", "ensemble"] = "fusion"  # only fusion is wired (no 3D predictions yet)
+    label_set: str | None = None  # default: the prepared dataset's preset's
+    nuscenes_details: bool = True  # nuscenes16: score the 43 detailed prompts, map the argmax to the 16 classes
+    text_encoder: TextEncoderSpec
+    mark_no_feature_to_unknown: bool = True  # points without a 2D feature are misses, not class 0
+    queries: list[str] = Field(default_factory=list)  # free-form text queries drawn as heatmaps
+    max_ply_scenes: int = Field(3, ge=0)  # scenes (in order) that get prediction/GT/heatmap pictures
+    name: str | None = None  # output folder under evaluate/; default: features
+    scenes: list[str] | None = None  # default: every prepared scene
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _known_vocabulary(self) -> EvaluateConfig:
+        _known_label_set(self.label_set)
+        return self
+
+    @property
+    def folder(self) -> str:
+        return self.name or self.features
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

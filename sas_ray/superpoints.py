@@ -1,9 +1,12 @@
 """Superpoints for SAS's superpoint distillation: segmentator's Felzenszwalb segmentation of meshes and point clouds.
 
 Mesh mode reproduces ScanNet's Segmentator / Karbo123's `segmentator.segment_mesh` (SPEC §6); SAS calls it with
-k_thresh 0.01 and min_verts 60 on `<scene>_vh_clean_2.ply`. The only choice the original leaves open is the order
-of edges of equal weight (its std::sort is unstable): here ties keep the edge order (face order, then a-b, a-c, c-b)
-and NaN weights (from zero-area faces) come last. Ids are contiguous from 0, numbered by increasing root vertex.
+k_thresh 0.01 and min_verts 60 on `<scene>_vh_clean_2.ply`. The one thing the original leaves open is the order of
+equal-weight edges (its std::sort is unstable): here ties keep the edge order (face order, then a-b, a-c, c-b).
+Ties decide which vertex becomes a segment's root, hence the ids, and on exactly flat synthetic meshes even the
+partition. As in the original, vertices of a zero-area face get NaN normals; NaN weights sort last, so only the
+small-segment pass joins them. Ids are contiguous from 0, numbered by increasing root vertex. The C++ releases
+the GIL.
 
 Point mode is for data without a mesh (lidar, user point clouds), where SAS makes every point its own superpoint:
 a symmetric k-nearest-neighbour graph, normals from local PCA planes (each point takes the flattest plane among its
@@ -29,7 +32,7 @@ _NORMAL_CHUNK = 65536  # points per batch of neighbourhood arrays (~30 MB each a
 
 
 def segment_mesh(vertices: np.ndarray, faces: np.ndarray, k_thresh: float = 0.01, min_verts: int = 20) -> np.ndarray:
-    """Superpoint id of every mesh vertex, exactly as segmentator's segment_mesh.
+    """Superpoint id of every mesh vertex, as segmentator's segment_mesh (equal weights: see the module docstring).
 
     vertices: float32 [V, 3]; faces: int64 [F, 3] indices into vertices. Larger k_thresh -> larger segments;
     segments below min_verts vertices are merged into a neighbour. Returns int64 [V], ids contiguous from 0.
@@ -79,9 +82,7 @@ def segment_points(
         raise InputError(f"k: expected an integer >= 1, got {k!r}")
     _check_parameters(k_thresh, min_verts)
     if viewpoint is not None:
-        viewpoint = np.asarray(viewpoint, dtype=np.float64)
-        if viewpoint.shape != (3,) or not np.isfinite(viewpoint).all():
-            raise InputError(f"viewpoint: expected 3 finite numbers, got {viewpoint.tolist()}")
+        viewpoint = _viewpoint(viewpoint)
     if len(points) < 2:
         return np.zeros(len(points), dtype=np.int64)
     if viewpoint is None:
@@ -144,7 +145,8 @@ def knn_edges(neighbours: np.ndarray) -> np.ndarray:
     count = len(neighbours)
     low = np.minimum(np.arange(count)[:, None], neighbours).ravel()
     high = np.maximum(np.arange(count)[:, None], neighbours).ravel()
-    pairs = np.unique(low * count + high)
+    pairs = np.sort(low * count + high)
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]  # sorted, each pair once
     return np.stack([pairs // count, pairs % count], axis=1)
 
 
@@ -178,6 +180,16 @@ def _indices(array: np.ndarray, name: str, columns: int, count: int) -> np.ndarr
         row = int(np.flatnonzero(~inside)[0])
         raise InputError(f"{name}: row {row} is {array[row].tolist()}, expected vertex indices in [0, {count})")
     return np.require(array, requirements="CA")
+
+
+def _viewpoint(value) -> np.ndarray:
+    try:
+        viewpoint = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        viewpoint = None
+    if viewpoint is None or viewpoint.shape != (3,) or not np.isfinite(viewpoint).all():
+        raise InputError(f"viewpoint: expected 3 finite numbers, got {value!r}")
+    return viewpoint
 
 
 def _check_parameters(k_thresh: float, min_verts: int) -> None:

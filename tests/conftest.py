@@ -8,6 +8,7 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core CI: many small ops in several processes, no oversubscription
 
 import sas_ray  # noqa: E402,F401  (applies the CPU torchvision shim before any test imports torchvision)
 

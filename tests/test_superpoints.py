@@ -274,6 +274,16 @@ def test_segment_graph_equals_reference():
         np.testing.assert_array_equal(segment_graph(points, normals, edges, k_thresh, min_verts), expected)
 
 
+def test_segment_graph_rejects_bad_input():
+    points = np.zeros((4, 3), F32)
+    with pytest.raises(InputError, match=r"normals: expected shape \[4, 3\] like points, got \[3, 3\]"):
+        segment_graph(points, points[:3], np.zeros((0, 2), np.int64))
+    with pytest.raises(InputError, match=r"edges: row 0 is \[0, 4\], expected vertex indices in \[0, 4\)"):
+        segment_graph(points, points, np.array([[0, 4]]))
+    with pytest.raises(InputError, match=r"edges: expected shape \[M, 2\]"):
+        segment_graph(points, points, np.zeros((2, 3), np.int64))
+
+
 def test_knn_graph_is_symmetric_and_deduplicated():
     points = np.array([[0, 0, 0], [1, 0, 0], [3, 0, 0], [3, 0, 0], [10, 0, 0]], F32)
     neighbours = knn(points, 1)
@@ -323,13 +333,13 @@ def test_segment_points_follows_box_faces():
         labels.append(6 * number + face)
     points = (np.concatenate(points) + rng.normal(scale=0.002, size=(sum(map(len, points)), 3))).astype(F32)
     labels = np.concatenate(labels)
-    ids = segment_points(points)  # k 16, k_thresh 0.01, min_verts 20
-    assert ids.shape == (len(points),) and ids.dtype == np.int64
-    assert np.array_equal(np.unique(ids), np.arange(ids.max() + 1))
-    majority = sum(np.bincount(labels[ids == s]).max() for s in range(ids.max() + 1))
-    assert majority / len(points) > 0.95  # superpoints do not straddle faces
-    assert ids.max() + 1 < len(points) / 20  # far fewer superpoints than points
-    assert ids.max() + 1 >= 18  # and at least about one per face
+    for viewpoint in (None, (1.0, 1.0, 5.0)):  # the centroid, or a sensor above the boxes
+        ids = segment_points(points, viewpoint=viewpoint)  # k 16, k_thresh 0.01, min_verts 20
+        assert ids.shape == (len(points),) and ids.dtype == np.int64
+        assert np.array_equal(np.unique(ids), np.arange(ids.max() + 1))
+        majority = sum(np.bincount(labels[ids == s]).max() for s in range(ids.max() + 1))
+        assert majority / len(points) > 0.95  # superpoints do not straddle faces
+        assert 18 <= ids.max() + 1 < len(points) / 20  # about one per face: far fewer than points
 
 
 def test_segment_points_small_and_bad_inputs():
@@ -338,7 +348,8 @@ def test_segment_points_small_and_bad_inputs():
     np.testing.assert_array_equal(segment_points(np.eye(3, dtype=F32), k=16, min_verts=0).shape, (3,))
     with pytest.raises(InputError, match="k: expected an integer >= 1"):
         segment_points(np.eye(3, dtype=F32), k=0)
-    with pytest.raises(InputError, match="viewpoint"):
-        segment_points(np.eye(3, dtype=F32), viewpoint=[0, 0])
+    for viewpoint in ([0, 0], "up", [0, np.nan, 0]):
+        with pytest.raises(InputError, match="viewpoint: expected 3 finite numbers"):
+            segment_points(np.eye(3, dtype=F32), viewpoint=viewpoint)
     with pytest.raises(InputError, match="points: expected dtype float32"):
         segment_points(np.eye(3))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import io
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from sas_ray.datasets.rawfiles import read_url
 from sas_ray.errors import InputError
 from sas_ray.scene import Frame
 
@@ -54,11 +54,13 @@ def _check_row(row: dict) -> str:
     if len(row["intrinsic"]) != 9 or len(row["pose"]) != 16:
         raise InputError(f"{unit} ({row['color_uri']}): intrinsic needs 9 values and pose 16, "
                          f"got {len(row['intrinsic'])} and {len(row['pose'])}")
-    if (row["depth_uri"] is None) != (row["depth_scale"] is None) or (row["depth_scale"] or 1) <= 0:
+    scale = row["depth_scale"]
+    if (row["depth_uri"] is None) != (scale is None) or (scale is not None and not scale > 0):
         raise InputError(f"{unit} ({row['color_uri']}): depth_uri and a positive depth_scale go together, "
                          f"got {row['depth_uri']!r} and {row['depth_scale']!r}")
     if row["width"] <= 0 or row["height"] <= 0:
-        raise InputError(f"{unit} ({row['color_uri']}): image size must be positive, got {row['width']}x{row['height']}")
+        raise InputError(f"{unit} ({row['color_uri']}): image size must be positive, "
+                         f"got {row['width']}x{row['height']}")
     return unit
 
 
@@ -74,13 +76,13 @@ def read_frame(row: dict, options: dict | None = None) -> Frame:
     the file."""
     unit = _check_row(row)
     color_uri, depth_uri = row["color_uri"], row["depth_uri"]
-    rgb = decode_color(_read(color_uri, options, unit), unit, color_uri)
+    rgb = decode_color(read_url(color_uri, options, unit), unit, color_uri)
     if rgb.shape[:2] != (row["height"], row["width"]):
         raise InputError(f"{unit}: {color_uri} is {rgb.shape[1]}x{rgb.shape[0]} but the frame index says "
                          f"{row['width']}x{row['height']}")
     depth = None
     if depth_uri is not None:
-        raw = decode_depth(_read(depth_uri, options, unit), unit, depth_uri)
+        raw = decode_depth(read_url(depth_uri, options, unit), unit, depth_uri)
         if raw.shape != rgb.shape[:2]:
             raise InputError(f"{unit}: {depth_uri} is {raw.shape[1]}x{raw.shape[0]} but {color_uri} is "
                              f"{rgb.shape[1]}x{rgb.shape[0]} (expected equal sizes)")
@@ -93,14 +95,6 @@ def read_frame(row: dict, options: dict | None = None) -> Frame:
                      depth)
     except InputError as err:
         raise InputError(f"{err} ({color_uri})") from None
-
-
-def _read(uri: str, options: dict | None, unit: str) -> bytes:
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
-        return fs.cat_file(path)
-    except (FileNotFoundError, IsADirectoryError):
-        raise InputError(f"{unit}: {uri} not found") from None
 
 
 def _open_image(data: bytes, unit: str, source: str) -> Image.Image:

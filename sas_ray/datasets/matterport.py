@@ -19,9 +19,8 @@ import numpy as np
 from sas_ray.datasets.frames import (decode_matrix, encode_depth_png, encode_jpeg, encode_matrix, frame_row,
                                      frame_unit, image_size)
 from sas_ray.datasets.openscene import decode_pth_scene, encode_pth_scene
-from sas_ray.datasets.ply import encode_ply
+from sas_ray.datasets.ply import encode_ply, with_mesh_faces
 from sas_ray.datasets.rawfiles import RawTree, cached_table
-from sas_ray.datasets.scannet import attach_mesh_faces
 from sas_ray.errors import InputError
 from sas_ray.ids import check_id
 from sas_ray.scene import Frame, Scene
@@ -70,8 +69,10 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
     building, region = split_scene_id(scene_id)
     tree = RawTree(root, options)
     rel = f"matterport_3d/{check_id(split, 'split')}/{scene_id}.pth"
-    scene = decode_pth_scene(tree.read(rel, f"scene {scene_id}"), scene_id, tree.url(rel))
-    return attach_mesh_faces(tree, f"scans/{building}/region_segmentations/{region}.ply", scene)
+    unit = f"scene {scene_id}"
+    scene = decode_pth_scene(tree.read(rel, unit), scene_id, tree.url(rel))
+    mesh = f"scans/{building}/region_segmentations/{region}.ply"
+    return with_mesh_faces(scene, tree.read(mesh, unit), tree.url(mesh)) if tree.exists(mesh) else scene
 
 
 def _building_cameras(tree: RawTree, building: str) -> tuple[list[str], np.ndarray, np.ndarray, tuple[int, int]]:

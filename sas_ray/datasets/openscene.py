@@ -10,11 +10,12 @@ else, so a file that asks for any other callable is refused as bad input instead
 from __future__ import annotations
 
 import io
+import threading
 
-import fsspec
 import numpy as np
 import torch
 
+from sas_ray.datasets.rawfiles import read_url
 from sas_ray.errors import InputError
 from sas_ray.scene import IGNORE_LABEL, PointFeatures, Scene
 from sas_ray.storage import Storage
@@ -32,11 +33,12 @@ _NUMPY_GLOBALS = [
     *(type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")),
 ]
 _LEGACY_LABEL = -100  # OpenScene's loader maps -100 to 255
+_SAFE_GLOBALS_LOCK = threading.Lock()  # safe_globals edits one process-wide list: one load at a time
 
 
 def load_weights_only(data: bytes, source: str):
     """torch.load(weights_only=True) of `data`, allowing numeric numpy arrays; anything else -> InputError."""
-    with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+    with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(_NUMPY_GLOBALS):
         try:
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as err:  # noqa: BLE001 - any failure to unpickle untrusted bytes is bad input
@@ -127,7 +129,10 @@ def decode_pt_features(data: bytes, source: str) -> PointFeatures:
         if feat.shape[0] != len(chunk):
             raise InputError(f"{source}: legacy file has {feat.shape[0]} feature rows for {len(chunk)} chunk points")
         visible = torch.zeros(len(chunk), dtype=torch.bool)
-        visible[torch.as_tensor(_as_numpy(obj["mask"], "mask", source))] = True
+        try:
+            visible[torch.as_tensor(_as_numpy(obj["mask"], "mask", source))] = True
+        except (IndexError, RuntimeError) as err:
+            raise InputError(f"{source}: legacy `mask` does not index the {len(chunk)} feature rows ({err})") from None
         mask_full = torch.zeros_like(mask_full)
         mask_full[chunk[visible]] = True
         feat = feat[visible]
@@ -143,21 +148,13 @@ def encode_pt_features(features: PointFeatures) -> bytes:
     return buf.getvalue()
 
 
-def _read_url(url: str, options: dict | None, unit: str) -> bytes:
-    fs, path = fsspec.core.url_to_fs(url, **(options or {}))
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        raise InputError(f"{unit}: {url} not found") from None
-
-
 def _write_url(url: str, data: bytes, options: dict | None) -> None:
     folder, _, name = url.rstrip("/").rpartition("/")
     Storage(folder, options).write_bytes(name, data)
 
 
 def read_pth_scene(url: str, scene_id: str, options: dict | None = None) -> Scene:
-    return decode_pth_scene(_read_url(url, options, f"scene {scene_id}"), scene_id, url)
+    return decode_pth_scene(read_url(url, options, f"scene {scene_id}"), scene_id, url)
 
 
 def write_pth_scene(url: str, scene: Scene, options: dict | None = None) -> None:
@@ -165,7 +162,7 @@ def write_pth_scene(url: str, scene: Scene, options: dict | None = None) -> None
 
 
 def read_fused_features(url: str, options: dict | None = None) -> PointFeatures:
-    return decode_pt_features(_read_url(url, options, "fused features"), url)
+    return decode_pt_features(read_url(url, options, "fused features"), url)
 
 
 def write_fused_features(url: str, features: PointFeatures, options: dict | None = None) -> None:

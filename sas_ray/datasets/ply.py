@@ -8,11 +8,12 @@ uchar count + int indices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from sas_ray.errors import InputError
+from sas_ray.scene import Scene
 
 _TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2", "ushort": "u2",
@@ -118,6 +119,15 @@ def decode_ply(data: bytes, source: str) -> PlyMesh:
         if faces.min() < 0 or faces.max() >= len(points):
             raise InputError(f"{source}: face indices {faces.min()}..{faces.max()} outside 0..{len(points) - 1}")
     return PlyMesh(points, colors, labels, faces)
+
+
+def with_mesh_faces(scene: Scene, data: bytes, source: str) -> Scene:
+    """`scene` with the faces of the PLY mesh `data`, whose vertices must be the scene's points in order."""
+    mesh = decode_ply(data, source)
+    if mesh.points.shape != scene.points.shape or not np.allclose(mesh.points, scene.points, atol=1e-5):
+        raise InputError(f"scene {scene.scene_id}: {source} has {len(mesh.points)} vertices that differ from the "
+                         f"{scene.num_points} points of the scene file (expected the same vertices in order)")
+    return replace(scene, faces=mesh.faces)
 
 
 def encode_ply(points: np.ndarray, colors: np.ndarray | None = None, labels: np.ndarray | None = None,

@@ -7,9 +7,19 @@ are; everything we write goes through `sas_ray.storage.Storage`.
 from __future__ import annotations
 
 import json
+
 import fsspec
 
 from sas_ray.errors import InputError
+
+
+def read_url(url: str, options: dict | None, unit: str) -> bytes:
+    """Bytes at a full URL; a missing file raises InputError naming `unit` and the URL."""
+    fs, path = fsspec.core.url_to_fs(url, **(options or {}))
+    try:
+        return fs.cat_file(path)
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(f"{unit}: {url} not found") from None
 
 
 class RawTree:
@@ -64,7 +74,8 @@ _TABLES_KEPT = 4
 
 def cached_table(what: str, root: str, options: dict | None, build):
     """`build()` once per (what, root, options) in a process, for dataset-wide tables read by many scenes (a
-    Matterport building's cameras, the nuScenes keyframe index). Keeps the last few only."""
+    Matterport building's cameras, the nuScenes keyframe index). Keeps the last few only; a dataset edited while
+    the process runs is not re-read."""
     key = (what, root, json.dumps(options or {}, sort_keys=True, default=repr))
     if key not in _TABLES:
         while len(_TABLES) >= _TABLES_KEPT:

@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from sas_ray.datasets.frames import (decode_matrix, encode_depth_png, encode_jpeg, encode_matrix, frame_row,
                                      frame_unit, image_size)
 from sas_ray.datasets.openscene import decode_pth_scene, encode_pth_scene
-from sas_ray.datasets.ply import decode_ply, encode_ply
+from sas_ray.datasets.ply import encode_ply, with_mesh_faces
 from sas_ray.datasets.rawfiles import RawTree
 from sas_ray.errors import InputError
 from sas_ray.ids import check_id
@@ -47,20 +45,10 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
     """The scene's points, colours and labels from its `.pth`, with the mesh faces when the PLY is present."""
     tree = RawTree(root, options)
     rel = _pth(check_id(split, "split"), check_id(scene_id, "scene id"))
-    scene = decode_pth_scene(tree.read(rel, f"scene {scene_id}"), scene_id, tree.url(rel))
-    return attach_mesh_faces(tree, _mesh(scene_id), scene)
-
-
-def attach_mesh_faces(tree: RawTree, rel: str, scene: Scene) -> Scene:
-    """`scene` with the faces of the PLY at `rel` if it exists; its vertices must be the scene's points."""
-    if not tree.exists(rel):
-        return scene
-    source = tree.url(rel)
-    mesh = decode_ply(tree.read(rel, f"scene {scene.scene_id}"), source)
-    if mesh.points.shape != scene.points.shape or not np.allclose(mesh.points, scene.points, atol=1e-5):
-        raise InputError(f"scene {scene.scene_id}: {source} has {len(mesh.points)} vertices that differ from the "
-                         f"{scene.num_points} points of the scene file (expected the same vertices in order)")
-    return dataclasses.replace(scene, faces=mesh.faces)
+    unit = f"scene {scene_id}"
+    scene = decode_pth_scene(tree.read(rel, unit), scene_id, tree.url(rel))
+    mesh = _mesh(scene_id)
+    return with_mesh_faces(scene, tree.read(mesh, unit), tree.url(mesh)) if tree.exists(mesh) else scene
 
 
 def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:

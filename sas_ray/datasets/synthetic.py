@@ -26,9 +26,10 @@ from sas_ray.labels import LABEL_SETS
 from sas_ray.scene import IGNORE_LABEL, Frame, Scene
 
 __all__ = [
-    "IMAGE_SIZES", "MATTERPORT_INTRINSIC", "NUSCENES_CAMERAS", "SCANNET_INTRINSIC", "Camera", "PlacedObject",
-    "RenderedView", "Room", "StreetSample", "cast_lidar", "indoor_trajectory", "make_indoor_frames",
-    "make_indoor_scene", "make_outdoor_frames", "make_outdoor_scene", "render_views",
+    "IMAGE_SIZES", "MATTERPORT_IMAGE_SIZE", "MATTERPORT_INTRINSIC", "MATTERPORT_INTRINSIC_RAW", "NUSCENES_CAMERAS",
+    "NUSCENES_IMAGE_SIZE", "SCANNET_IMAGE_SIZE", "SCANNET_INTRINSIC", "Camera", "PlacedObject", "RenderedView",
+    "Room", "StreetSample", "cast_lidar", "indoor_trajectory", "make_indoor_frames", "make_indoor_scene",
+    "make_outdoor_frames", "make_outdoor_scene", "render_views",
 ]
 
 # ScanNet depth intrinsics rescaled to 320x240 (SPEC §1.3); used for the colour images too.
@@ -73,8 +74,9 @@ class PlacedObject:
 
 @dataclass(frozen=True)
 class Room:
-    """Layout of a synthetic room: it spans [0, size] metres (x, y; z up, floor at 0); objects holds the
-    furniture and wall items that were placed (walls, floor and ceiling not included)."""
+    """Layout of a synthetic room: it spans [0, size] metres (x, y; z up, floor at 0); objects holds one entry
+    per box of the furniture and wall items that were placed (a bed is a base and a headboard; walls, floor and
+    ceiling not included)."""
 
     size: tuple[float, float, float]
     objects: tuple[PlacedObject, ...]
@@ -112,23 +114,25 @@ def make_indoor_scene(scene_id: str, seed: int, num_points_target: int = 20000,
         if placed is None:
             continue
         origin, orientation = placed
+        materials = {name: material(name) for name in dict.fromkeys(name for name, _, _ in template.parts)}
         for name, local_box, omit in template.parts:
             lo, hi = _to_world(local_box, origin, orientation)
             faces = {"bottom": "-z", "back": ("-y", "+x", "+y", "-x")[orientation]}
-            recipe.add_box(lo, hi, material(name), omit=tuple(faces[f] for f in omit))
+            recipe.add_box(lo, hi, materials[name], omit=tuple(faces[f] for f in omit))
             layout.objects.append(PlacedObject(name, names.index(name), lo, hi))
     scene = recipe.build(scene_id, num_points_target, rng)
     return scene, Room(size=size, objects=tuple(layout.objects), label_set=label_set)
 
 
 def indoor_trajectory(room: Room, num_frames: int, seed: int) -> list[np.ndarray]:
-    """Camera-to-world poses float64 [4,4] walking a loop around the room at 1.2-1.6 m height, each looking
-    across the room towards a point past its centre at table height, so every surface is seen from several
-    frames. Cameras keep clear of every object."""
+    """Camera-to-world poses float64 [4,4] walking a loop 0.6 m inside the walls at 1.2-1.6 m height, each
+    looking across the room at a point 0.4-2.2 m high past its centre, so floor, walls, furniture and ceiling
+    are seen, most surfaces from several frames (16 frames see ~3/4 of the vertices at least twice). Cameras
+    keep 0.15 m clear of every object (moved towards the centre when needed)."""
     rng = np.random.default_rng(seed)
     sx, sy, _ = room.size
     centre = np.array([sx / 2, sy / 2])
-    radii = np.array([max(sx / 2 - 0.9, 0.2), max(sy / 2 - 0.9, 0.2)])
+    radii = np.array([max(sx / 2 - 0.6, 0.2), max(sy / 2 - 0.6, 0.2)])
     phase = rng.uniform(0, 2 * np.pi)
     poses = []
     for k in range(num_frames):

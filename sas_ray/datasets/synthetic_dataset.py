@@ -27,13 +27,10 @@ def write_synthetic_scene(dataset: DatasetConfig, scene_id: str, options: dict |
     ids = synthetic_scene_ids(dataset)
     if scene_id not in ids:
         raise ConfigError(f"scene {scene_id} is not one of the {len(ids)} synthetic scenes of this config")
+    if dataset.layout == "nuscenes":
+        raise ConfigError("nuScenes devkit tables hold every sample: use write_synthetic_devkit for the whole set")
     seed = syn.seed * 1000 + ids.index(scene_id)
     size = IMAGE_SIZES[dataset.layout][syn.size]
-    if dataset.layout == "nuscenes":
-        from sas_ray.datasets.nuscenes import write_synthetic_sample
-
-        write_synthetic_sample(dataset.root, scene_id, seed, size, options)
-        return
     label_set = "matterport21" if dataset.layout == "matterport" else "scannet20"
     scene, room = make_indoor_scene(scene_id, seed, syn.points_per_scene, label_set)
     intrinsic = None
@@ -46,3 +43,20 @@ def write_synthetic_scene(dataset: DatasetConfig, scene_id: str, options: dict |
         matterport.write_matterport(dataset.root, dataset.split, scene, frames, options)
     else:
         scannet.write_scannet(dataset.root, dataset.split, scene, frames, options)
+
+
+def write_synthetic_devkit(dataset: DatasetConfig, options: dict | None = None) -> None:
+    """Render every synthetic street sample and write them as one nuScenes devkit dataset (version = split); the
+    devkit's JSON tables span all samples, so this is one unit of work."""
+    from sas_ray.datasets.nuscenes import DevkitSample, write_nuscenes_devkit
+    from sas_ray.datasets.synthetic import make_outdoor_frames, make_outdoor_scene
+
+    syn = dataset.synthetic
+    size = IMAGE_SIZES["nuscenes"][syn.size]
+    samples = []
+    for i, scene_id in enumerate(synthetic_scene_ids(dataset)):
+        scene, street = make_outdoor_scene(scene_id, syn.seed * 1000 + i, num_azimuths=max(64, syn.points_per_scene // 32))
+        frames, _ = make_outdoor_frames(scene, street, size)
+        samples.append(DevkitSample(scene, frames, street.ego_pose, street.lidar_to_ego, scene_name=f"scene-{i:04d}",
+                                    timestamp_us=1_533_151_603_547_590 + i * 20_000_000))
+    write_nuscenes_devkit(dataset.root, dataset.split, samples, options)

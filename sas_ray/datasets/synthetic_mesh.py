@@ -87,10 +87,23 @@ class MeshRecipe:
                                        self.new_part() if part is None else part, material))
 
     def build(self, scene_id: str, num_vertices: int, rng: np.random.Generator) -> Scene:
-        """Subdivide every surface with one spacing chosen so the vertex count approaches `num_vertices` (welding
-        removes the duplicates along shared edges, so the result is a little below), then colour each vertex
-        with its material colour plus Gaussian texture noise drawn from `rng`."""
-        spacing = self._spacing_for(num_vertices)
+        """Subdivide every surface with one spacing chosen so the welded vertex count approaches `num_vertices`
+        (within a few percent), then colour each vertex with its material colour plus Gaussian texture noise
+        drawn from `rng`."""
+        budget = num_vertices  # before welding; raised by the share welding removes
+        for _ in range(3):
+            points, faces, materials = self._welded(self._spacing_for(budget))
+            if abs(len(points) - num_vertices) <= 0.03 * num_vertices:
+                break
+            budget = budget * num_vertices / len(points)
+        noise = rng.normal(0.0, _TEXTURE_NOISE, (len(points), 3)) + rng.normal(0.0, _TEXTURE_NOISE, (len(points), 1))
+        colors = np.clip(np.round(materials[:, 1:] + noise), 0, 255).astype(np.uint8)
+        return Scene(scene_id=scene_id, points=points.astype(np.float32), colors=colors,
+                     labels=materials[:, 0].astype(np.int64), faces=faces)
+
+    def _welded(self, spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vertices float64 [V,3], triangles int64 [T,3] and per-vertex (label, r, g, b) float64 [V,4] of all
+        surfaces subdivided at `spacing`, vertices of a part merged where they coincide (first kept, in order)."""
         points, faces, keys, materials = [], [], [], []
         offset = 0
         for surface in self._surfaces:
@@ -103,23 +116,15 @@ class MeshRecipe:
             keys.append(np.concatenate([head, quantised], 1))
             materials.append(np.repeat([[surface.material.label, *surface.material.color]], len(vertices), 0))
         points, faces, keys, materials = (np.concatenate(x) for x in (points, faces, keys, materials))
-
         _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        order = np.argsort(first)  # keep generation order
+        order = np.argsort(first)
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
         keep = first[order]
-        faces = rank[inverse.reshape(-1)][faces]
-
-        labels = materials[keep, 0].astype(np.int64)
-        base = materials[keep, 1:]
-        noise = rng.normal(0.0, _TEXTURE_NOISE, (len(keep), 3)) + rng.normal(0.0, _TEXTURE_NOISE, (len(keep), 1))
-        colors = np.clip(np.round(base + noise), 0, 255).astype(np.uint8)
-        return Scene(scene_id=scene_id, points=points[keep].astype(np.float32), colors=colors, labels=labels,
-                     faces=faces.astype(np.int64))
+        return points[keep], rank[inverse.reshape(-1)][faces].astype(np.int64), materials[keep]
 
     def _spacing_for(self, num_vertices: int) -> float:
-        """Grid spacing (metres) whose vertex count (before welding) is the largest not above num_vertices."""
+        """Grid spacing (metres) whose vertex count before welding is the largest not above num_vertices."""
         lo, hi = 1e-4, 1e3
         for _ in range(60):
             mid = math.sqrt(lo * hi)

@@ -106,7 +106,7 @@ def make_outdoor_scene(scene_id: str, seed: int, mesh_points_target: int = 40000
     """
     rng = np.random.default_rng(seed)
     recipe, ego_pose = _street(rng)
-    mesh = recipe.build(f"{scene_id}_mesh", mesh_points_target, rng)
+    mesh = recipe.build(scene_id, mesh_points_target, rng)
     lidar_to_world = ego_pose @ LIDAR_TO_EGO
     sweep = cast_lidar(mesh, lidar_to_world, LIDAR_ELEVATIONS_DEG, num_azimuths, *LIDAR_RANGE)
     labels = mesh.labels[mesh.faces[sweep.face, 0]]

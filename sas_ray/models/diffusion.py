@@ -26,7 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sas_ray.errors import ConfigError, InputError
 from sas_ray.models.base import check_weights_choice
-from sas_ray.models.weights import load_into, read_checkpoint
+from sas_ray.models.weights import load_into, match_prefix, read_checkpoint
 
 PROMPT = "a good photo of a {} in a room"  # SAS generate_any_class.py
 STEPS = 50
@@ -105,15 +105,19 @@ def build_pipeline(weights: str | None = None, *, tiny: bool = False, device="cp
         unet = UNet2DConditionModel(**unet_cfg)
         vae = AutoencoderKL(**vae_cfg)
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    if not tiny:
-        for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
-            load_into(module, _read_component(weights, name, storage_options),
-                      ignore=("text_model.embeddings.position_ids",))  # a buffer older checkpoints still carry
+    if weights is not None:
+        load_into(unet, _read_component(weights, "unet", storage_options))
+        load_into(vae, _read_component(weights, "vae", storage_options))
+        text_weights = match_prefix(_read_component(weights, "text_encoder", storage_options), text_encoder,
+                                    "text_model.")
+        load_into(text_encoder, text_weights,  # a buffer older checkpoints still carry
+                  ignore=("text_model.embeddings.position_ids", "embeddings.position_ids"))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)
+    pipe.to(device)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def _read_component(folder: str, name: str, storage_options: dict | None):
@@ -198,8 +202,10 @@ def coarse_mask(maps: dict[int, torch.Tensor], positions: list[int], size: tuple
             per_res.append(up / up.max())
         total += sum(per_res) / len(per_res)
     total /= max(1, len(positions))
-    total = (total - total.min()) / (total.max() - total.min()).clamp_min(1e-12)
-    return (total > threshold).numpy()
+    span = total.max() - total.min()
+    if span <= 1e-6 * total.abs().max():  # a flat map: SAS divides 0 by 0 and keeps nothing
+        return np.zeros(size, dtype=bool)
+    return ((total - total.min()) / span > threshold).numpy()
 
 
 class DiffusionGenerator:
@@ -210,7 +216,6 @@ class DiffusionGenerator:
                  image_size: int | None = None, arch: str = "sd15", seed: int = 0):
         self.pipe = build_pipeline(weights, tiny=tiny, device=device, dtype=dtype,
                                    storage_options=storage_options, arch=arch, seed=seed)
-        self.device = torch.device(device)
         self.steps = steps
         self.guidance = guidance
         self.image_size = image_size or 8 * self.pipe.unet.config.sample_size

@@ -126,7 +126,7 @@ def dense_patch_features(visual, images: torch.Tensor) -> torch.Tensor:
     attn = last.attn
     width = attn.embed_dim
     v = F.linear(last.ln_1(x[:, 1:]), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
-    v = x[:, 1:] + last.ls_1(attn.out_proj(v))
+    v = last.ls_1(attn.out_proj(v))
     return (visual.ln_post(v) @ visual.proj).unflatten(1, (gh, gw))
 
 

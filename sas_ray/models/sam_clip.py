@@ -50,7 +50,7 @@ class SamClip(Teacher):
         out = []
         for frame, rgb in zip(frames, pixels):
             with sam_autocast(self.device, self.dtype):
-                records = self.masks.generate(rgb)
+                records = [r for r in self.masks.generate(rgb) if r["area"] > 0]  # empty masks paint nothing
             if not records:
                 out.append(torch.zeros(*rgb.shape[:2], self.dim, device=self.device, dtype=self.dtype))
                 continue

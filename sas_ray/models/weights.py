@@ -92,6 +92,18 @@ def write_checkpoint(state: dict[str, torch.Tensor], url: str, storage_options: 
     return Storage(parent, storage_options).write_bytes(name, safetensors_bytes(tensors, metadata=metadata))
 
 
+def match_prefix(checkpoint: Checkpoint, module: nn.Module, prefix: str) -> Checkpoint:
+    """Add or strip `prefix` on every key so the checkpoint's layout matches the module's (library versions
+    differ, e.g. transformers 4 `text_model.embeddings...` vs 5 `embeddings...`)."""
+    module_has = all(k.startswith(prefix) for k in module.state_dict())
+    checkpoint_has = all(k.startswith(prefix) for k in checkpoint.state)
+    if module_has == checkpoint_has:
+        return checkpoint
+    state = ({prefix + k: v for k, v in checkpoint.state.items()} if module_has
+             else {k[len(prefix):]: v for k, v in checkpoint.state.items()})
+    return Checkpoint(state, checkpoint.source, checkpoint.sha256, checkpoint.metadata)
+
+
 def load_into(module: nn.Module, checkpoint: Checkpoint, ignore: tuple[str, ...] = ()) -> None:
     """Load `checkpoint` into `module` strictly; keys named in `ignore` may be absent or extra.
 

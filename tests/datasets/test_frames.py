@@ -86,6 +86,8 @@ def test_frame_index_table_rejects_wrong_row():
         frame_index_table([bad])
     with pytest.raises(InputError, match="keys"):
         frame_index_table([{"scene": "a"}])
+    with pytest.raises(InputError, match="positive depth_scale"):
+        frame_index_table([frame_row("a", "0", "x.jpg", K, POSE, 16, 12, "x.png", 0.0)])
 
 
 def _assert_names(err: pytest.ExceptionInfo, *parts: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sas_ray.datasets.openscene import (decode_pt_features, decode_pth_scene, encode_pt_features, encode_pth_scene,
-                                        read_fused_features, write_fused_features)
+                                        read_fused_features, read_pth_scene, write_fused_features, write_pth_scene)
 from sas_ray.errors import InputError
 from sas_ray.scene import PointFeatures, Scene
 
@@ -134,11 +134,20 @@ def test_legacy_three_key_file_is_converted():
     as_indices = decode_pt_features(_saved({"feat": feat, "mask": torch.tensor([0, 2, 3]), "mask_full": mask_full}),
                                     "legacy.pt")
     assert torch.equal(as_indices.mask_full, got.mask_full)
+    with pytest.raises(InputError, match="does not index the 4 feature rows"):
+        decode_pt_features(_saved({"feat": feat, "mask": torch.tensor([0, 9]), "mask_full": mask_full}), "legacy.pt")
 
 
-def test_write_and_read_fused_features_by_url(tmp_path):
+def test_write_and_read_by_url(tmp_path):
     features = PointFeatures(torch.ones(2, 4, dtype=torch.float16), torch.tensor([True, False, True]))
-    for url in (f"memory://os-{os.getpid()}/feat/scene0000_00_0.pt", str(tmp_path / "scene0000_00_0.pt")):
-        write_fused_features(url, features)
-        back = read_fused_features(url)
+    scene = Scene("scene0000_00", np.eye(3, dtype=np.float32), labels=np.array([4, 255, 0]))
+    for folder in (f"memory://os-{os.getpid()}/out", str(tmp_path)):
+        write_fused_features(f"{folder}/scene0000_00_0.pt", features)
+        back = read_fused_features(f"{folder}/scene0000_00_0.pt")
         assert torch.equal(back.feat, features.feat) and torch.equal(back.mask_full, features.mask_full)
+        write_pth_scene(f"{folder}/scene0000_00_vh_clean_2.pth", scene)
+        again = read_pth_scene(f"{folder}/scene0000_00_vh_clean_2.pth", "scene0000_00")
+        np.testing.assert_array_equal(again.points, scene.points)
+        np.testing.assert_array_equal(again.labels, scene.labels)
+    with pytest.raises(InputError, match="scene s: .*missing.pth not found"):
+        read_pth_scene(f"{tmp_path}/missing.pth", "s")

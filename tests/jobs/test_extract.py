@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.extract import decode_features, feature_file, frame_groups, run_extract
+from jobs.extract import frame_groups, run_extract
+from sas_ray.features import decode_features, feature_file
 from jobs.prepare import run_prepare
 from sas_ray.config import PRESETS, ExtractConfig, PrepareConfig, parse_config
 from sas_ray.datasets.frames import read_frame

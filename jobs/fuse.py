@@ -1,0 +1,166 @@
+"""Fuse the teachers' per-scene point features into one set: capability-guided (SPEC §5.5) or an ablation baseline
+(§5.10: direct add, fixed-weight linear, a single teacher).
+
+One Ray task per scene reads features/{teacher}/{scene}.safetensors of every teacher, checks that they cover the
+same points (mask_full) in one text space (each file's "text_space" metadata, and the text encoder's), fuses, and
+writes features/{fused_name}/{scene}.safetensors + a manifest row. The vocabulary embeddings and capability vectors
+are computed once on the driver and shared by the tasks. A rerun skips scenes whose output is intact and was made by
+the same recipe (teachers, method, weights, vocabulary, capability table); a bad scene fails alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
+from sas_ray.capability_table import CAPABILITY_FILE, read_capabilities
+from sas_ray.capfusion import add_point_features, fuse_point_features, linear_point_features
+from sas_ray.config import FuseConfig
+from sas_ray.errors import ConfigError, InputError, SasError
+from sas_ray.features import FEATURES, encode_features, feature_file, read_full_features
+from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
+from sas_ray.scene import PointFeatures
+from sas_ray.storage import Manifest, Storage, UnitResult
+
+
+@dataclass(frozen=True)
+class FusionRecipe:
+    """Everything a fused scene depends on besides its teachers' files, made once on the driver."""
+
+    teachers: tuple[str, ...]
+    method: str
+    text_space: str | None  # the text encoder's; None = the teachers need only agree with each other
+    text: torch.Tensor | None  # float32 [K,C] vocabulary embeddings (method capability)
+    capabilities: dict[str, torch.Tensor] | None  # teacher -> [K] (method capability)
+    linear_weights: dict[str, float] | None  # teacher -> weight (method linear)
+    other_index: int | None
+    temperature: float
+    digest: str  # recorded in the manifest: a scene fused by another recipe is fused again
+
+
+def fusion_recipe(cfg: FuseConfig, out: Storage) -> FusionRecipe:
+    """Build the text encoder (if configured), embed the vocabulary and read the capability table."""
+    from sas_ray.models import build_text_encoder
+
+    vocabulary = LABEL_SETS[cfg.label_set]
+    text, text_space = None, None
+    if cfg.text_encoder is not None:
+        spec = cfg.text_encoder
+        encoder = build_text_encoder(spec.name, spec.weights, tiny=spec.tiny,
+                                     storage_options=dict(cfg.storage.options), **spec.options)
+        text = encoder.encode(prompts(vocabulary, OPENSCENE_OTHER_INDEX.get(cfg.label_set)))
+        text_space = encoder.text_space
+    capabilities, table_sha = None, ""
+    if cfg.method == "capability":
+        capabilities = read_capabilities(out, cfg.teachers, len(vocabulary), vocabulary)
+        table_sha = out.sha256(CAPABILITY_FILE)
+    weights = None
+    if cfg.method == "linear":
+        values = cfg.linear_weights or [1.0 / len(cfg.teachers)] * len(cfg.teachers)
+        weights = dict(zip(cfg.teachers, values))
+    recipe_fields = cfg.model_dump(mode="json", include={"teachers", "method", "linear_weights", "label_set",
+                                                         "other_index", "temperature", "text_encoder"})
+    digest = hashlib.sha256(json.dumps([recipe_fields, table_sha], sort_keys=True).encode()).hexdigest()[:16]
+    return FusionRecipe(tuple(cfg.teachers), cfg.method, text_space, text, capabilities, weights, cfg.other_index,
+                        cfg.temperature, digest)
+
+
+def check_text_spaces(scene_id: str, spaces: dict[str, str], expected: str | None) -> str:
+    """The one text space all teachers' files of a scene live in (equal to `expected` if given)."""
+    first, first_space = next(iter(spaces.items()))
+    for name, space in spaces.items():
+        if space != first_space:
+            raise InputError(f"scene {scene_id}: teacher '{name}' features live in text space {space!r} but "
+                             f"teacher '{first}' features in {first_space!r} (fusion needs one shared text space)")
+    if expected is not None and first_space != expected:
+        raise InputError(f"scene {scene_id}: the teachers' features live in text space {first_space!r} but the "
+                         f"text encoder in {expected!r} (use the teachers' CLIP checkpoint for the text encoder)")
+    return first_space
+
+
+def fuse_scene(out: Storage, scene_id: str, recipe: FusionRecipe) -> tuple[PointFeatures, str]:
+    """One scene's fused features and their text space."""
+    teachers, spaces = {}, {}
+    for name in recipe.teachers:
+        teachers[name], spaces[name] = read_full_features(out, name, scene_id)
+    text_space = check_text_spaces(scene_id, spaces, recipe.text_space)
+    unit = f"scene {scene_id}"
+    if recipe.method == "capability":
+        fused = fuse_point_features(teachers, recipe.capabilities, recipe.text, recipe.other_index, unit,
+                                    recipe.temperature)
+    elif recipe.method == "add":
+        fused = add_point_features(teachers, unit)
+    elif recipe.method == "linear":
+        fused = linear_point_features(teachers, recipe.linear_weights, unit)
+    else:  # single: the first teacher alone (the one-teacher rows of the ablation)
+        fused = teachers[recipe.teachers[0]]
+    return fused, text_space
+
+
+def _fuse_task(output: str, storage_options: dict, fused_name: str, scene_id: str,
+               recipe: FusionRecipe) -> UnitResult:
+    start = time.perf_counter()
+    try:
+        out = Storage(output, storage_options)
+        fused, text_space = fuse_scene(out, scene_id, recipe)
+        tensors = encode_features(fused)
+        metadata = {"teacher": fused_name, "teachers": json.dumps(list(recipe.teachers)), "method": recipe.method,
+                    "text_space": text_space, "dim": str(fused.dim), "split": "full", "recipe": recipe.digest}
+        name = feature_file(scene_id)
+        digest = out.child(FEATURES, fused_name).write_tensors(name, tensors, metadata)
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return UnitResult.ok(scene_id, name, digest, nbytes, time.perf_counter() - start, recipe.digest)
+    except (SasError, OSError, ValueError) as err:
+        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
+        return UnitResult.failed(scene_id, message, time.perf_counter() - start, recipe.digest)
+
+
+def scenes_with_features(out: Storage, teachers: list[str]) -> list[str]:
+    """Every scene any of the teachers has a feature file for (a scene some teacher lacks then fails by name)."""
+    suffix = feature_file("")
+    scenes = set()
+    for name in teachers:
+        found = [f[:-len(suffix)] for f in out.child(FEATURES, name).list() if f.endswith(suffix)]
+        if not found:
+            raise ConfigError(f"teacher '{name}' has no features under {out.url(FEATURES, name)}; run `sas-ray "
+                              f"extract` with output_name {name!r}, or fix `teachers`")
+        scenes.update(found)
+    return sorted(scenes)
+
+
+def run_fuse(cfg: FuseConfig, address: str | None = None) -> StageReport:
+    start = time.perf_counter()
+    ensure_ray(address)
+    options = dict(cfg.storage.options)
+    out = Storage(cfg.output, options)
+    recipe = fusion_recipe(cfg, out)
+    scene_ids = cfg.scenes or scenes_with_features(out, cfg.teachers)
+    stage = out.child(FEATURES, cfg.fused_name)
+    manifest = Manifest(stage)
+    todo = [s for s in scene_ids if not (manifest.is_done(s) and manifest.rows[s].config_hash == recipe.digest)]
+    report = StageReport(f"fuse[{cfg.method}]", skipped=len(scene_ids) - len(todo))
+    shared = ray.put(recipe)  # one copy of the vocabulary and capabilities for every task
+    units = [(s, (cfg.output, options, cfg.fused_name, s, shared)) for s in todo]
+    run_unit_tasks(_fuse_task, units, manifest, report, f"fuse {cfg.fused_name}", cfg.progress)
+    report.seconds = time.perf_counter() - start
+    report.outputs["features"] = stage.url()
+    return report
+
+
+def main(config: str, overrides: list[str], address: str | None) -> StageReport:
+    """Fuse the teachers' point features of every scene into one set (SAS capability-guided fusion, SPEC §5.5).
+
+    method capability: each point's feature is the softmax(capability / 0.05)-weighted sum of the teachers' features,
+    the capabilities read from {output}/capability/capability.parquet (`sas-ray capability`) on the classes the
+    teachers vote for; points where the first teacher votes 'other' keep its feature. Baselines: add (sum), linear
+    (fixed weights), single (the first teacher). Teachers must share mask_full and text space. Writes
+    {output}/features/{fused_name}/{scene}.safetensors and a manifest; reruns skip scenes already fused."""
+    from jobs.cli import load_stage_config
+
+    return run_fuse(load_stage_config(config, overrides, FuseConfig), address)
