@@ -15,6 +15,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("jobs.prepare:main", "raw dataset (ScanNet/Matterport/nuScenes layout, or synthetic) -> scenes + frame index"),
     "extract": ("jobs.extract:main", "2D teachers on every frame, fused onto 3D points -> per-scene features"),
     "superpoints": ("jobs.superpoints:main", "segmentator superpoints per scene (mesh graph, or kNN graph for lidar)"),
+    "capability": ("jobs.capability:main", "per-teacher, per-class capability from SD images + SAM pseudo masks (MCC)"),
+    "fuse": ("jobs.fuse:main", "capability-guided fusion of the teachers' point features (or add/linear/single)"),
+    "distill": ("jobs.distill:main", "MinkUNet18A distilled from the fused features on Ray Train (stage 1 + stage 2)"),
+    "predict": ("jobs.predict:main", "a distilled checkpoint over the scenes -> per-point 3D features"),
+    "evaluate": ("jobs.evaluate:main", "per-class mIoU/mAcc tables, confusion PNG, label and text-query PLY/PNG"),
 }
 
 EPILOG = """Every stage is resumable: rerunning the same command skips units whose manifest row is ok and whose

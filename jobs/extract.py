@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
 from sas_ray.geometry.intrinsics import adjust_intrinsic
 from sas_ray.prepared import read_frame_index, read_info
+from sas_ray.scene import PointFeatures
 from sas_ray.storage import Manifest, Storage, UnitResult
 
 
@@ -87,7 +89,8 @@ def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] 
 @dataclass
 class _PendingScene:
     groups_left: int
-    accumulator: FeatureAccumulator | None = None
+    partial: ScenePartial | None = None  # the first group's partial: most scenes have one group
+    accumulator: FeatureAccumulator | None = None  # created when a second group arrives
     frames: int = 0
     text_space: str = ""
     error: str = ""
@@ -111,16 +114,32 @@ class SceneMerger:
         state.text_space = str(row["text_space"])
         if row["error"]:
             state.error = state.error or str(row["error"])
-            state.accumulator = None
+            state.partial = state.accumulator = None
         elif not state.error:
-            partial = ScenePartial(int(row["num_points"]), torch.tensor(row["point_ids"]),
-                                   torch.tensor(row["feat_sum"]), torch.tensor(row["count"]))
-            if state.accumulator is None:
-                state.accumulator = FeatureAccumulator(partial.num_points, partial.feat_sum.shape[1])
-            state.accumulator.add_partial(partial)
+            partial = ScenePartial(int(row["num_points"]), *(_tensor(row[k]) for k in ("point_ids", "feat_sum", "count")))
+            if state.partial is None and state.accumulator is None:
+                state.partial = partial
+            else:
+                if state.accumulator is None:
+                    state.accumulator = FeatureAccumulator(partial.num_points, partial.feat_sum.shape[1])
+                    state.accumulator.add_partial(state.partial)
+                    state.partial = None
+                state.accumulator.add_partial(partial)
         if state.groups_left:
             return None
         return scene, self.pending.pop(scene)
+
+    @staticmethod
+    def features(state: _PendingScene) -> PointFeatures:
+        """The fused features of a completed scene."""
+        return state.partial.finish() if state.partial is not None else state.accumulator.finish()
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A read-only view of a Ray block column as a tensor (no copy; the merge only reads it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 class _TeacherRun:
@@ -151,7 +170,9 @@ class _TeacherRun:
         ds = ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups)))
         ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size})
         return ds.map_batches(
-            _actor_class(), batch_size=1, batch_format="numpy", concurrency=tuple(spec.pool), num_gpus=spec.gpus,
+            _actor_class(), batch_size=1, batch_format="numpy", num_gpus=spec.gpus,
+            compute=ray.data.ActorPoolStrategy(min_size=spec.pool[0], max_size=spec.pool[1]),
+            max_concurrency=2,  # the next group's input and this group's output are batched while the UDF runs
             fn_constructor_kwargs={"teacher": spec.model_dump(), "prepared": self.cfg.prepared,
                                    "storage_options": options, "visibility": self.visibility,
                                    "labelled_only": self.labelled_only})
@@ -160,7 +181,7 @@ class _TeacherRun:
         start = time.perf_counter()
         if state.error:
             return UnitResult.failed(scene_id, state.error, state.seconds)
-        features = state.accumulator.finish()
+        features = SceneMerger.features(state)
         if not features.mask_full.any():
             return UnitResult.failed(scene_id, f"scene {scene_id}: no point is visible in any of its "
                                                f"{state.frames} frames", state.seconds)
@@ -187,6 +208,8 @@ class _TeacherRun:
             with ThreadPoolExecutor(max_workers=2) as writer:
                 writes: list[Future] = []
                 for row in self.dataset().iter_rows():
+                    if not self.report.first_output_seconds:
+                        self.report.first_output_seconds = time.perf_counter() - start
                     self.progress.update(int(row["num_frames"]))
                     finished = self.merger.add(row)
                     if finished:

@@ -32,6 +32,7 @@ class StageReport:
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
+    first_output_seconds: float = 0.0  # start-up: until the first unit's result arrived (model loads, scheduling)
     errors: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
 

@@ -221,20 +221,21 @@ class FuseConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    """`sas-ray evaluate`: per-class IoU/accuracy of features/{features}/ against the prepared ground truth, with
+    """`sas-ray evaluate`: per-class IoU/accuracy of point features against the prepared ground truth, with
     pictures, under {output}/evaluate/{name}/."""
 
     prepared: str  # output root of `sas-ray prepare` (points + ground-truth labels)
     output: str  # root holding features/; results go to evaluate/{name}/
-    features: str = "fused"  # folder under features/ (the fused features or one teacher's)
-    mode: Literal["fusion", "distill", "ensemble"] = "fusion"  # only fusion is wired (no 3D predictions yet)
+    mode: Literal["fusion", "distill", "ensemble"] = "fusion"  # OpenScene's: 2D, 3D, or per point the surer one
+    features: str = "fused"  # fusion, ensemble: the 2D features' folder under features/ (fused or one teacher's)
+    distilled: str = "distill"  # distill, ensemble: the 3D features' folder (`sas-ray predict`'s name)
     label_set: str | None = None  # default: the prepared dataset's preset's
     nuscenes_details: bool = True  # nuscenes16: score the 43 detailed prompts, map the argmax to the 16 classes
     text_encoder: TextEncoderSpec
-    mark_no_feature_to_unknown: bool = True  # points without a 2D feature are misses, not class 0
+    mark_no_feature_to_unknown: bool = True  # fusion: points without a 2D feature are misses, not class 0
     queries: list[str] = Field(default_factory=list)  # free-form text queries drawn as heatmaps
     max_ply_scenes: int = Field(3, ge=0)  # scenes (in order) that get prediction/GT/heatmap pictures
-    name: str | None = None  # output folder under evaluate/; default: features
+    name: str | None = None  # output folder under evaluate/; default: the evaluated folder (see `folder`)
     scenes: list[str] | None = None  # default: every prepared scene
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
@@ -246,7 +247,143 @@ class EvaluateConfig(Strict):
 
     @property
     def folder(self) -> str:
-        return self.name or self.features
+        """evaluate/{folder}: `name`, else features (fusion), distilled (distill), {distilled}-ensemble."""
+        default = {"fusion": self.features, "distill": self.distilled, "ensemble": f"{self.distilled}-ensemble"}
+        return self.name or default[self.mode]
+
+
+SparseBackendName = Literal["auto", "torch", "spconv", "minkowski"]
+
+
+class DistillStageConfig(Strict):
+    """The length of one distillation stage. An epoch visits every training scene `loop` times."""
+
+    epochs: int = Field(ge=0)  # 0 = skip the stage
+    max_steps: int | None = Field(None, ge=1)  # stop the stage after this many optimizer steps (smoke runs)
+
+
+class DistillConfig(Strict):
+    """`sas-ray distill`: MinkUNet18A distilled from fused 2D features on Ray Train, stage 1 (point + superpoint
+    cosine, SPEC §5.7) then stage 2 (EMA self-distillation, §5.8). Checkpoints and the EMA history live under
+    {output}/distill/; rerunning the same config resumes."""
+
+    prepared: str  # output root of `sas-ray prepare`
+    output: str  # root holding features/{features}/ and superpoints/; results go to distill/
+    features: str = "fused"  # folder under features/ (full resolution or OpenScene chunks)
+    superpoints: str | None = None  # root holding superpoints/; default: output
+    text_encoder: TextEncoderSpec | None = None  # stage 2's pseudo labels; must match the features' text space
+    label_set: str | None = None  # stage 2's vocabulary; default: the prepared dataset's preset's
+    scenes: list[str] | None = None  # training scenes; default: every prepared scene
+    stage1: DistillStageConfig = Field(default_factory=lambda: DistillStageConfig(epochs=70))  # SAS paper: 70
+    stage2: DistillStageConfig = Field(default_factory=lambda: DistillStageConfig(epochs=30))  # ... + 30
+    loop: int = Field(5, ge=1)  # OpenScene/SAS: every scene 5 times per epoch
+    batch_size: int = Field(4, ge=1)  # scenes per worker per step (SAS: 16 over 4 GPUs)
+    base_lr: float = Field(1e-4, gt=0)  # Adam, at lr_reference_batch scenes per step; scaled linearly
+    lr_reference_batch: int = Field(16, ge=1)
+    lr_x10_quirk: bool = True  # OpenScene/SAS's index_split=0: every step after the first runs at 10x poly lr
+    voxel_size: float | None = Field(None, gt=0)  # default: the preset's (0.02 indoor, 0.05 nuScenes)
+    supervision_limit: int = Field(20000, ge=1)  # voxels per worker batch entering the loss (random subset)
+    ema_momentum: float = Field(0.9999, gt=0, lt=1)
+    backend: SparseBackendName = "auto"
+    num_workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers; min < max = elastic
+    use_gpu: bool = False
+    checkpoint_every: int = Field(100, ge=1)  # optimizer steps between checkpoints
+    max_failures: int = Field(3, ge=0)  # worker failures survived by restarting from the last checkpoint
+    stop_after_steps: int | None = Field(None, ge=1)  # end this invocation after this many steps (time-boxed
+    # runs: a checkpoint is written; rerun without it to continue)
+    prefetch: int = Field(2, ge=0)  # batches loaded ahead by each worker's loader thread
+    seed: int = 114514  # SAS
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _valid(self) -> DistillConfig:
+        _known_label_set(self.label_set)
+        if not 1 <= self.num_workers[0] <= self.num_workers[1]:
+            raise ValueError(f"num_workers must be (min, max) with 1 <= min <= max, got {self.num_workers}")
+        if self.stage2.epochs and self.text_encoder is None:
+            raise ValueError("stage 2 needs text_encoder (its pseudo labels are argmax over the label set's prompts)")
+        return self
+
+
+class PredictConfig(Strict):
+    """`sas-ray predict`: a distilled checkpoint over scenes -> per-point 3D features in features/{name}/ (all points
+    have a feature), for `sas-ray evaluate` (modes distill and ensemble)."""
+
+    prepared: str
+    output: str  # features/{name}/ is written here
+    checkpoint: str | None = None  # our model.safetensors or an OpenScene/SAS .pth.tar; default: the distill
+    # stage's final model under {output}/distill/
+    text_space: str | None = None  # recorded in the feature files; default: the checkpoint's metadata
+    name: str = "distill"
+    scenes: list[str] | None = None
+    repeats: int = Field(5, ge=1)  # OpenScene test_repeats: random rotations/scales, features averaged
+    voxel_size: float | None = Field(None, gt=0)
+    backend: SparseBackendName = "auto"
+    use_gpu: bool = False
+    seed: int = 1463
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    progress: bool = True
+
+
+class ModelPoolSpec(Strict):
+    """A model of the capability stage (Stable Diffusion, SAM): its weights and the actor pool that runs it."""
+
+    weights: str | None = None  # SD: a diffusers-layout folder URL (unet/, vae/, text_encoder/); SAM: a checkpoint
+    tiny: bool = False
+    options: dict = Field(default_factory=dict)  # builder keyword arguments (arch, min_area, ...)
+    gpus: float = Field(1.0, ge=0)
+    pool: tuple[int, int] = (1, 1)
+    batch_size: int = Field(4, ge=1)  # SD: prompts per pipeline call; SAM: images per actor call
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+
+    @model_validator(mode="after")
+    def _pool_order(self) -> ModelPoolSpec:
+        if not 1 <= self.pool[0] <= self.pool[1]:
+            raise ValueError(f"pool must be (min, max) with 1 <= min <= max, got {self.pool}")
+        return self
+
+
+class CapabilityConfig(Strict):
+    """`sas-ray capability`: per-teacher, per-class capability (SAS MCC, SPEC §5.4) under `output`/capability/.
+
+    source "diffusion": Stable Diffusion images + SAM pseudo masks (annotation-free); "labels": the label images of
+    a prepared ScanNet-layout dataset (ground truth, written to `output`/capability_labels/ for comparison)."""
+
+    output: str
+    teachers: list[TeacherSpec] = Field(min_length=1)
+    text_encoder: TextEncoderSpec  # embeds the vocabulary; must share the teachers' text space
+    label_set: str = "matterport21"  # the vocabulary: SAS uses ScanNet 20 + ceiling, 'other' at 19
+    classes: list[str] | None = None  # classes to measure; default: the vocabulary minus 'other'
+    source: Literal["diffusion", "labels"] = "diffusion"
+    images_per_class: int = Field(50, ge=1)  # seeds 0..N-1
+    steps: int = Field(50, ge=1)
+    guidance: float = 7.0
+    size: int = Field(512, ge=8)  # generated image side, pixels (a multiple of 8)
+    border: int = Field(70, ge=0)  # pixels of the coarse mask zeroed at each side before picking SAM prompts
+    diffusion: ModelPoolSpec = Field(default_factory=ModelPoolSpec)
+    sam: ModelPoolSpec = Field(default_factory=lambda: ModelPoolSpec(batch_size=8))
+    actor_cpus: float = Field(1.0, gt=0)  # CPUs reserved per model actor (lower it to pack CPU-only runs)
+    prepared: str | None = None  # source "labels": output root of `sas-ray prepare` (ScanNet layout with label/)
+    scenes: list[str] | None = None  # source "labels": default every prepared scene
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CapabilityConfig:
+        _known_label_set(self.label_set)
+        chosen = set(self.classes or ())
+        unknown = sorted((chosen - set(LABEL_SETS[self.label_set])) | (chosen & {"other"}))
+        if unknown:
+            raise ValueError(f"classes {unknown} are not measurable classes of {self.label_set!r}")
+        folders = [t.folder for t in self.teachers]
+        if len(set(folders)) != len(folders):
+            raise ValueError(f"teachers need distinct output names, got {folders}")
+        if self.source == "labels" and self.prepared is None:
+            raise ValueError("source 'labels' needs `prepared` (a prepared ScanNet-layout dataset with label images)")
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8 (the VAE's downsampling), got {self.size}")
+        return self
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

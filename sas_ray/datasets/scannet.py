@@ -4,27 +4,34 @@
     root/scannet_2d/<scene>/color/<f>.jpg           <f> = ScanNet frame number (0, 20, 40, ... after the export)
     root/scannet_2d/<scene>/depth/<f>.png           uint16 millimetres, same size as the colour image
     root/scannet_2d/<scene>/pose/<f>.txt            4x4 camera-to-world (OpenCV axes)
+    root/scannet_2d/<scene>/label/<f>.png           optional: uint8 NYU40 ids (label-filt mapped; 0 = unannotated)
     root/scannet_3d/<split>/<scene>_vh_clean_2.pth  OpenScene tuple (coords, colors, labels), see openscene.py
     root/scans/<scene>/<scene>_vh_clean_2.ply       the mesh the points are the vertices of (faces for superpoints)
 """
 
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from sas_ray.datasets.frames import (decode_matrix, encode_depth_png, encode_jpeg, encode_matrix, frame_row,
-                                     frame_unit, image_size)
+import numpy as np
+from PIL import Image
+
+from sas_ray.datasets.frames import (_open_image, decode_matrix, encode_depth_png, encode_jpeg, encode_matrix,
+                                     frame_row, frame_unit, image_size)
 from sas_ray.datasets.openscene import decode_pth_scene, encode_pth_scene
 from sas_ray.datasets.ply import encode_ply, with_mesh_faces
 from sas_ray.datasets.rawfiles import RawTree
 from sas_ray.errors import InputError
 from sas_ray.ids import check_id
+from sas_ray.labels import MATTERPORT_21_NYU40_IDS, SCANNET_20_NYU40_IDS
 from sas_ray.scene import Frame, Scene
 from sas_ray.storage import Storage
 
 DEPTH_SCALE = 1000.0  # depth PNG units per metre
 _PTH_SUFFIX = "_vh_clean_2.pth"
 _INTRINSICS = "scannet_2d/intrinsics.txt"
+# Label sets whose classes are NYU40 ids, so ScanNet label images map onto them (SPEC §1.2).
+NYU40_IDS = {"scannet20": SCANNET_20_NYU40_IDS, "matterport21": MATTERPORT_21_NYU40_IDS}
 
 
 def _pth(split: str, scene_id: str) -> str:
@@ -80,9 +87,11 @@ def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None
             for f, pose in zip(frames, poses) if np.isfinite(pose).all()]
 
 
-def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], options: dict | None = None) -> None:
+def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], options: dict | None = None,
+                  labels: list[np.ndarray] | None = None) -> None:
     """Write one scene and its frames in this layout. Frame ids must be frame numbers, every frame needs depth, and
-    all frames share one K, which must also equal an intrinsics.txt already present (ScanNet's K is global)."""
+    all frames share one K, which must also equal an intrinsics.txt already present (ScanNet's K is global).
+    `labels`: optional per-frame label images, uint8 [H,W] NYU40 ids (0 = unannotated), as OpenScene exports them."""
     store = Storage(root, options)
     sid = scene.scene_id
     check_id(split, "split")
@@ -92,6 +101,9 @@ def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], opti
             raise InputError(f"{unit}: ScanNet frames need scene id {sid}, a numeric frame id and depth")
         if not np.array_equal(frame.intrinsic, frames[0].intrinsic):
             raise InputError(f"{unit}: intrinsic differs from frame {frames[0].frame_id} (ScanNet K is global)")
+    if labels is not None and (len(labels) != len(frames) or any(
+            label.shape != frame.rgb.shape[:2] or label.dtype != np.uint8 for label, frame in zip(labels, frames))):
+        raise InputError(f"scene {sid}: expected one uint8 label image per frame, of the frame's size")
     if frames:
         _write_global_intrinsic(store, frames[0].intrinsic, sid)
     for frame in frames:
@@ -99,6 +111,8 @@ def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], opti
         store.write_bytes(f"{folder}/color/{f}.jpg", encode_jpeg(frame.rgb))
         store.write_bytes(f"{folder}/depth/{f}.png", encode_depth_png(frame.depth, DEPTH_SCALE))
         store.write_bytes(f"{folder}/pose/{f}.txt", encode_matrix(frame.pose))
+    for frame, label in zip(frames, labels or []):
+        store.write_bytes(f"scannet_2d/{sid}/label/{frame.frame_id}.png", encode_label_png(label))
     store.write_bytes(_pth(split, sid), encode_pth_scene(scene))
     store.write_bytes(_mesh(sid), encode_ply(scene.points, scene.colors, faces=scene.faces))
 
@@ -114,3 +128,29 @@ def _write_global_intrinsic(store: Storage, intrinsic: np.ndarray, scene_id: str
                              f"{old.tolist()} (ScanNet K is global)")
         return
     store.write_bytes(_INTRINSICS, encode_matrix(k4))
+
+
+def label_uri(color_uri: str) -> str:
+    """The label image of a colour image of this layout: <scene>/color/<f>.jpg -> <scene>/label/<f>.png."""
+    folder, _, name = color_uri.rpartition("/color/")
+    if not folder or not name.endswith(".jpg"):
+        raise InputError(f"{color_uri} is not a ScanNet colour image path (<scene>/color/<frame>.jpg)")
+    return f"{folder}/label/{name[:-4]}.png"
+
+
+def encode_label_png(label: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_label_png(data: bytes, label_set: str, unit: str, source: str) -> np.ndarray:
+    """uint8 NYU40-id PNG bytes -> int64 [H,W] indices of `label_set` (scannet20 or matterport21), 255 = ignore."""
+    if label_set not in NYU40_IDS:
+        raise InputError(f"{unit}: ScanNet label images map only onto {sorted(NYU40_IDS)}, not {label_set!r}")
+    image = _open_image(data, unit, source)
+    if image.mode != "L":
+        raise InputError(f"{unit}: {source} must be an 8-bit grayscale PNG of NYU40 ids, got image mode {image.mode}")
+    lut = np.full(256, 255, np.int64)
+    lut[list(NYU40_IDS[label_set])] = np.arange(len(NYU40_IDS[label_set]))
+    return lut[np.asarray(image)]

@@ -26,10 +26,10 @@ from sas_ray.labels import LABEL_SETS
 from sas_ray.scene import IGNORE_LABEL, Frame, Scene
 
 __all__ = [
-    "IMAGE_SIZES", "MATTERPORT_IMAGE_SIZE", "MATTERPORT_INTRINSIC", "MATTERPORT_INTRINSIC_RAW", "NUSCENES_CAMERAS",
-    "NUSCENES_IMAGE_SIZE", "SCANNET_IMAGE_SIZE", "SCANNET_INTRINSIC", "Camera", "PlacedObject", "RenderedView",
-    "Room", "StreetSample", "cast_lidar", "indoor_trajectory", "make_indoor_frames", "make_indoor_scene",
-    "make_outdoor_frames", "make_outdoor_scene", "render_views",
+    "CLASS_COLORS", "IMAGE_SIZES", "MATTERPORT_IMAGE_SIZE", "MATTERPORT_INTRINSIC", "MATTERPORT_INTRINSIC_RAW",
+    "NUSCENES_CAMERAS", "NUSCENES_IMAGE_SIZE", "SCANNET_IMAGE_SIZE", "SCANNET_INTRINSIC", "Camera", "PlacedObject",
+    "RenderedView", "Room", "StreetSample", "cast_lidar", "indoor_trajectory", "make_indoor_frames",
+    "make_indoor_scene", "make_outdoor_frames", "make_outdoor_scene", "render_views",
 ]
 
 # ScanNet depth intrinsics rescaled to 320x240 (SPEC §1.3); used for the colour images too.
@@ -49,7 +49,8 @@ IMAGE_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "nuscenes": {"real": NUSCENES_IMAGE_SIZE, "tiny": (36, 64)},
 }
 
-_COLORS = {
+# Base RGB of each indoor class; every object jitters it (N(0, 10) a channel), vertices add texture noise.
+CLASS_COLORS = {
     "wall": (200, 195, 180), "floor": (140, 100, 70), "ceiling": (235, 235, 230), "cabinet": (150, 110, 60),
     "bed": (215, 215, 230), "chair": (90, 60, 40), "sofa": (70, 90, 140), "table": (165, 125, 85),
     "door": (185, 145, 95), "window": (165, 205, 235), "bookshelf": (115, 80, 50), "picture": (200, 70, 60),
@@ -102,7 +103,7 @@ def make_indoor_scene(scene_id: str, seed: int, num_points_target: int = 20000,
 
     def material(name: str) -> Material:
         label = names.index(name) if name in names else IGNORE_LABEL
-        return Material(label, tuple(np.clip(np.array(_COLORS[name]) + rng.normal(0, 10, 3), 0, 255)))
+        return Material(label, tuple(np.clip(np.array(CLASS_COLORS[name]) + rng.normal(0, 10, 3), 0, 255)))
 
     size = (float(rng.uniform(4.0, 7.0)), float(rng.uniform(3.5, 6.0)), float(rng.uniform(2.6, 3.0)))
     recipe = MeshRecipe()

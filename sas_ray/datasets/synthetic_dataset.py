@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from sas_ray.config import DatasetConfig
 from sas_ray.datasets import matterport, scannet
 from sas_ray.datasets.synthetic import (IMAGE_SIZES, MATTERPORT_INTRINSIC, MATTERPORT_IMAGE_SIZE, make_indoor_frames,
                                         make_indoor_scene)
 from sas_ray.errors import ConfigError
 from sas_ray.geometry.intrinsics import adjust_intrinsic
+from sas_ray.labels import MATTERPORT_21_NYU40_IDS
 
 
 def synthetic_scene_ids(dataset: DatasetConfig) -> list[str]:
@@ -36,13 +39,16 @@ def write_synthetic_scene(dataset: DatasetConfig, scene_id: str, options: dict |
     intrinsic = None
     if dataset.layout == "matterport":
         intrinsic = adjust_intrinsic(MATTERPORT_INTRINSIC, MATTERPORT_IMAGE_SIZE, size)
-    frames, _ = make_indoor_frames(scene, room, syn.frames_per_scene, size, seed, intrinsic)
+    frames, views = make_indoor_frames(scene, room, syn.frames_per_scene, size, seed, intrinsic)
     if dataset.layout == "matterport":
         building = scene_id.partition("_")[0]  # images are named <pano>_i<camera>_<yaw>, 3 cameras x 6 yaws a pano
         frames = [replace(f, frame_id=f"{building}p{i // 18}_i{i // 6 % 3}_{i % 6}") for i, f in enumerate(frames)]
         matterport.write_matterport(dataset.root, dataset.split, scene, frames, options)
     else:
-        scannet.write_scannet(dataset.root, dataset.split, scene, frames, options)
+        nyu40 = np.zeros(256, np.uint8)  # label index (255 = ignore) -> NYU40 id (0 = unannotated)
+        nyu40[:len(MATTERPORT_21_NYU40_IDS)] = MATTERPORT_21_NYU40_IDS  # scannet20 is its prefix
+        scannet.write_scannet(dataset.root, dataset.split, scene, frames, options,
+                              labels=[nyu40[view.label] for view in views])
 
 
 def write_synthetic_devkit(dataset: DatasetConfig, options: dict | None = None) -> None:

@@ -56,6 +56,14 @@ class ScenePartial:
     def to(self, device: torch.device | str) -> ScenePartial:
         return ScenePartial(self.num_points, self.point_ids.to(device), self.feat_sum.to(device), self.count.to(device))
 
+    def finish(self) -> PointFeatures:
+        """`FeatureAccumulator.finish()` of a partial that holds every view of its scene, without the dense
+        [N,C] state (point_ids must be ascending and unique, as `FeatureAccumulator.partial` makes them)."""
+        mask_full = torch.zeros(self.num_points, dtype=torch.bool, device=self.point_ids.device)
+        mask_full[self.point_ids] = True
+        feat = self.feat_sum / self.count.to(torch.float32).unsqueeze(1)
+        return PointFeatures(feat=feat.to(torch.float16), mask_full=mask_full)
+
 
 class FeatureAccumulator:
     """Running fusion state of one scene: feat_sum float32 [N,C] and count int32 [N] (views that saw the point)."""

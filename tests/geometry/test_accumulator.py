@@ -212,3 +212,14 @@ def test_cuda_partials_merge_on_cpu():
     got = merged.finish()
     assert torch.equal(got.mask_full, want.mask_full)
     torch.testing.assert_close(got.feat, want.feat, rtol=1e-3, atol=1e-3)
+
+
+def test_partial_finish_equals_dense_finish():
+    torch.manual_seed(3)
+    acc = FeatureAccumulator(50, 4)
+    fmap = torch.randn(6, 8, 4)
+    for _ in range(3):
+        valid = torch.rand(50) > 0.4
+        acc.add(fmap, torch.randint(0, 6, (50,)), torch.randint(0, 8, (50,)), valid, (6, 8))
+    dense, sparse = acc.finish(), acc.partial().finish()
+    assert torch.equal(dense.mask_full, sparse.mask_full) and torch.equal(dense.feat, sparse.feat)

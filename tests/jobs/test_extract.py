@@ -29,8 +29,8 @@ def _prepare(raw: str, out: str, layout: str, options: dict | None = None, scene
     return out
 
 
-def _extract(prepared: str, output: str, options: dict | None = None, **extra) -> tuple:
-    cfg = parse_config({"prepared": prepared, "output": output, "teachers": [TEACHER], "frames_per_task": 3,
+def _extract(prepared: str, output: str, options: dict | None = None, frames_per_task: int = 3, **extra) -> tuple:
+    cfg = parse_config({"prepared": prepared, "output": output, "teachers": [TEACHER], "frames_per_task": frames_per_task,
                         "storage": {"options": options or {}}, "progress": False, **extra}, ExtractConfig)
     (report,) = run_extract(cfg)
     return cfg, report
@@ -69,7 +69,7 @@ def test_pipeline_equals_sequential_reference(ray_session, tmp_path, layout):
 def test_pipeline_on_s3_resume_and_chunks(ray_session, tmp_path, s3_bucket):
     root, options = s3_bucket
     prepared = _prepare(f"{root}/raw", f"{root}/prepared", "scannet", options)
-    cfg, report = _extract(prepared, f"{root}/out", options)
+    cfg, report = _extract(prepared, f"{root}/out", options, frames_per_task=64)  # one group a scene
     assert (report.done, report.failed) == (2, 0), report.summary()
     _assert_matches_reference(cfg, options)
 

@@ -1,0 +1,44 @@
+"""Choosing a sparse-convolution backend by name: `torch` (reference, always there), `spconv` (fast GPU path),
+`minkowski` (MinkowskiEngine 0.5.4, OpenScene's own). `auto` = spconv if installed and CUDA is available, else
+MinkowskiEngine if installed, else torch."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from sas_ray.distill.sparse import SparseBackend, TorchBackend
+from sas_ray.errors import ConfigError
+
+BACKENDS = ("auto", "torch", "spconv", "minkowski")
+
+
+def installed(name: str) -> bool:
+    module = {"spconv": "spconv", "minkowski": "MinkowskiEngine", "torch": "torch"}[name]
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend_name(name: str) -> str:
+    if name == "auto":
+        if installed("spconv") and torch.cuda.is_available():
+            return "spconv"
+        return "minkowski" if installed("minkowski") else "torch"
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown sparse backend {name!r}; known: {list(BACKENDS)}")
+    if not installed(name):
+        raise ConfigError(f"sparse backend {name!r} is not installed (see DEVELOPERS.md)")
+    return name
+
+
+def get_backend(name: str = "auto") -> SparseBackend:
+    name = resolve_backend_name(name)
+    if name == "spconv":
+        from sas_ray.distill.spconv_backend import SpconvBackend
+
+        return SpconvBackend()
+    if name == "minkowski":
+        from sas_ray.distill.minkowski_backend import MinkowskiBackend
+
+        return MinkowskiBackend()
+    return TorchBackend()

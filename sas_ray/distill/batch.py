@@ -1,0 +1,117 @@
+"""Scenes -> training batches for the 3D network: voxelize + augment each scene, attach the stage-1 targets and the
+superpoints, and collate several scenes into one sparse input (SPEC §3, §5.7; OpenScene/SAS feature loader)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sas_ray.distill.voxelize import augment_points, random_flip, voxelize
+from sas_ray.errors import InputError
+from sas_ray.scene import PointFeatures
+
+TRANSLATION_VOXELS = 100  # per batch, U{0..99} voxels per axis (SAS `coords[:, 1:4] += rand(3) * 100`)
+
+
+@dataclass
+class SceneSample:
+    """What one scene contributes: points f32 [N,3], superpoint ids int64 [N], fused 2D features (stage 1; a list
+    = OpenScene chunk files, one picked at random per visit), GT labels int64 [N] (evaluation only)."""
+
+    scene_id: str
+    points: np.ndarray
+    superpoints: np.ndarray
+    features: PointFeatures | list[PointFeatures] | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = self.points.shape[0]
+        if self.superpoints.shape != (n,):
+            raise InputError(f"scene {self.scene_id}: {self.superpoints.shape[0]} superpoint ids for {n} points")
+        chunks = self.features if isinstance(self.features, list) else [self.features] if self.features else []
+        for chunk in chunks:
+            if chunk.num_points != n:
+                raise InputError(f"scene {self.scene_id}: features cover {chunk.num_points} points, scene has {n}")
+
+
+@dataclass
+class VoxelizedScene:
+    """One scene after voxelization: coords int64 [V,3]; inverse int64 [N]; point_index int64 [V] (each voxel's
+    representative point); superpoints int64 [V] (of the representative); supervised bool [V] and target fp16 [S,C]
+    for the supervised voxels (stage 1)."""
+
+    scene_id: str
+    coords: torch.Tensor
+    inverse: torch.Tensor
+    point_index: torch.Tensor
+    superpoints: torch.Tensor
+    supervised: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+
+def voxelize_scene(sample: SceneSample, voxel_size: float, rng: np.random.Generator, train: bool) -> VoxelizedScene:
+    """Training: elastic distortion + rotation/scale + flip. Otherwise rotation/scale only (OpenScene's Voxelizer
+    augments every split; that is what makes test-time repeats differ)."""
+    points = augment_points(sample.points, rng) if train else sample.points
+    voxels = voxelize(points, voxel_size, rng)
+    coords = random_flip(voxels.coords, rng) if train else voxels.coords
+    rep = torch.from_numpy(voxels.point_index)
+    out = VoxelizedScene(sample.scene_id, torch.from_numpy(coords), torch.from_numpy(voxels.inverse), rep,
+                         torch.from_numpy(sample.superpoints)[rep])
+    if sample.features is not None:
+        chunks = sample.features if isinstance(sample.features, list) else [sample.features]
+        chunk = chunks[int(rng.integers(len(chunks)))]
+        out.supervised = chunk.mask_full[rep]
+        row_of_point = torch.cumsum(chunk.mask_full.to(torch.int64), 0) - 1
+        out.target = chunk.feat[row_of_point[rep[out.supervised]]]
+    return out
+
+
+@dataclass
+class Batch:
+    """Several voxelized scenes as one network input.
+
+    coords int64 [V,4] (batch, x, y, z), translated; superpoints int64 [V], unique across scenes; voxel_offsets /
+    point_offsets int64 [B+1]; inverse int64 [sum N] into the batch's voxels; representatives int64 [V] into the
+    batch's points; supervised bool [V] + target [S,C] when every scene has features."""
+
+    scene_ids: list[str]
+    coords: torch.Tensor
+    superpoints: torch.Tensor
+    voxel_offsets: torch.Tensor
+    point_offsets: torch.Tensor
+    inverse: torch.Tensor
+    representatives: torch.Tensor
+    supervised: torch.Tensor | None
+    target: torch.Tensor | None
+
+    def input_features(self) -> torch.Tensor:
+        """The constant (1, 1, 1) per voxel: geometry-only input (`input_color: False`)."""
+        return torch.ones(self.coords.shape[0], 3)
+
+
+def collate(scenes: list[VoxelizedScene], rng: np.random.Generator | None) -> Batch:
+    """Concatenate scenes; `rng` given = the per-batch random translation."""
+    coords, superpoints, inverse, representatives = [], [], [], []
+    voxel_offsets, point_offsets = [0], [0]
+    sp_base = 0
+    for b, scene in enumerate(scenes):
+        coords.append(torch.cat([torch.full((scene.coords.shape[0], 1), b, dtype=torch.int64), scene.coords], 1))
+        _, sp = torch.unique(scene.superpoints, return_inverse=True)
+        superpoints.append(sp + sp_base)
+        sp_base += int(sp.max()) + 1 if sp.numel() else 0
+        inverse.append(scene.inverse + voxel_offsets[-1])
+        representatives.append(scene.point_index + point_offsets[-1])
+        voxel_offsets.append(voxel_offsets[-1] + scene.coords.shape[0])
+        point_offsets.append(point_offsets[-1] + scene.inverse.shape[0])
+    coords = torch.cat(coords)
+    if rng is not None:
+        coords[:, 1:] += torch.from_numpy(np.floor(rng.random(3) * TRANSLATION_VOXELS).astype(np.int64))
+    supervised = target = None
+    if all(s.supervised is not None for s in scenes):
+        supervised = torch.cat([s.supervised for s in scenes])
+        target = torch.cat([s.target for s in scenes])
+    return Batch([s.scene_id for s in scenes], coords, torch.cat(superpoints), torch.tensor(voxel_offsets),
+                 torch.tensor(point_offsets), torch.cat(inverse), torch.cat(representatives), supervised, target)
