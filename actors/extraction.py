@@ -9,17 +9,11 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from actors import actor_device, actor_dtype
 from sas_ray.errors import SasError
 from sas_ray.multiview import Views, Visibility, fuse_views
 from sas_ray.prepared import read_scene_points
 from sas_ray.storage import Storage
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def teacher_device(gpus: float) -> str:
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-
 
 class TeacherFusionActor:
     """Ray Data `map_batches` class: each input row is one group of frames of one scene (see jobs.extract), each
@@ -32,10 +26,11 @@ class TeacherFusionActor:
                  labelled_only: bool) -> None:
         from sas_ray.models import build_teacher
 
-        self.device = teacher_device(teacher["gpus"])
-        dtype = _DTYPES[teacher["dtype"]] if self.device == "cuda" else torch.float32
+        self.device = actor_device()
+        dtype = actor_dtype(teacher["dtype"], self.device)
         self.teacher = build_teacher(teacher["name"], weights=teacher["weights"], tiny=teacher["tiny"],
-                                     device=self.device, dtype=dtype, **teacher["options"])
+                                     device=self.device, dtype=dtype, storage_options=storage_options,
+                                     **teacher["options"])
         self.batch_size = teacher["batch_size"]
         self.prepared = Storage(prepared, storage_options)
         self.visibility = Visibility(**visibility)
@@ -50,7 +45,8 @@ class TeacherFusionActor:
             if self.labelled_only and labels is not None:
                 subset = np.flatnonzero(labels != 255)
                 points = points[subset]
-            self._scenes[scene_id] = (torch.from_numpy(points).to(self.device), subset, len(labels if subset is not None else points))
+            total = len(labels) if subset is not None else len(points)
+            self._scenes[scene_id] = (torch.from_numpy(points).to(self.device), subset, total)
             while len(self._scenes) > self.SCENE_CACHE:
                 self._scenes.popitem(last=False)
         self._scenes.move_to_end(scene_id)
