@@ -37,7 +37,7 @@ class _TeacherClassMaps:
                                      dtype=actor_dtype(spec.dtype, self.device), storage_options=storage_options,
                                      **spec.options)
         require_text_space(f"teacher '{self.folder}'", self.teacher.text_space, text_space)
-        self.text = torch.as_tensor(np.asarray(text, dtype=np.float32)).to(self.device)
+        self.text = torch.tensor(np.asarray(text), dtype=torch.float32, device=self.device)
 
     def pending_rows(self, batch: dict[str, np.ndarray]) -> list[int]:
         """Rows waiting for this teacher whose input could be read (empty `error`)."""

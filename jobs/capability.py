@@ -122,7 +122,8 @@ class CountsLedger:
     def record(self, unit: str, teacher: str, image: str, result: dict, recipe: str) -> UnitResult:
         if result["error"]:
             self.rows.pop(unit, None)
-            outcome = UnitResult.failed(unit, f"{image}: {result['error']}", result["seconds"], recipe)
+            message = result["error"] if image in result["error"] else f"{image}: {result['error']}"
+            outcome = UnitResult.failed(unit, message, result["seconds"], recipe)
         else:
             self.rows[unit] = {"unit": unit, "teacher": teacher, "image": image,
                                **{k: result[k] for k in ("class_index", "intersection", "union")}}
@@ -168,7 +169,7 @@ class _CapabilityRun:
         actor = getattr(actors.capability, self.actor_name)
         for k, spec in enumerate(self.cfg.teachers):
             rows = rows.map_batches(
-                actor, batch_size=spec.batch_size, batch_format="numpy", concurrency=tuple(spec.pool),
+                actor, batch_size=spec.batch_size, batch_format="numpy", compute=_pool(spec.pool),
                 num_gpus=spec.gpus, num_cpus=self.cfg.actor_cpus,
                 fn_constructor_kwargs={"spec": spec.model_dump(), "text": self.vocab.text,
                                        "text_space": self.vocab.text_space, "column": f"teacher_{k}",
@@ -266,14 +267,14 @@ class _DiffusionRun(_CapabilityRun):
         cfg = self.cfg
         sd, sam = cfg.diffusion, cfg.sam
         rows = items.map_batches(
-            DiffusionActor, batch_size=sd.batch_size, batch_format="numpy", concurrency=tuple(sd.pool),
+            DiffusionActor, batch_size=sd.batch_size, batch_format="numpy", compute=_pool(sd.pool),
             num_gpus=sd.gpus, num_cpus=cfg.actor_cpus,
             fn_constructor_kwargs={"weights": sd.weights, "tiny": sd.tiny, "dtype": sd.dtype,
                                    "storage_options": self.options,
                                    "options": {"steps": cfg.steps, "guidance": cfg.guidance, "image_size": cfg.size,
                                                **sd.options}})
         return rows.map_batches(
-            SamRefineActor, batch_size=sam.batch_size, batch_format="numpy", concurrency=tuple(sam.pool),
+            SamRefineActor, batch_size=sam.batch_size, batch_format="numpy", compute=_pool(sam.pool),
             num_gpus=sam.gpus, num_cpus=cfg.actor_cpus,
             fn_constructor_kwargs={"weights": sam.weights, "tiny": sam.tiny, "dtype": sam.dtype,
                                    "storage_options": self.options, "options": {"border": cfg.border, **sam.options}})
@@ -384,6 +385,11 @@ def read_labelled_frame(row: dict, label_set: str, storage_options: dict) -> dic
         message = str(err) if unit in str(err) else f"{unit}: {err}"
         return {**row, "rgb": np.zeros((1, 1, 3), np.uint8), "labels": np.full((1, 1), 255, np.uint8),
                 "error": message}
+
+
+def _pool(pool: tuple[int, int]) -> ray.data.ActorPoolStrategy:
+    """An actor pool of (min, max) actors: it grows when the autoscaler adds GPUs and shrinks on preemption."""
+    return ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1])
 
 
 def _items(items: list[dict]) -> ray.data.Dataset:

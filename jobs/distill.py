@@ -235,12 +235,10 @@ def train_loop_per_worker(config: dict) -> None:
     done_here = 0
     stop = stage_cfg.max_steps or float("inf")
 
-    def report(loss: float, with_checkpoint: bool) -> None:
+    def report(loss: float) -> None:
+        """A checkpoint (rank 0 writes it; every rank reports, as Ray Train requires)."""
         metrics = {"loss": loss, "step": progress["step"], "epoch": progress["epoch"],
                    "finished": progress["finished"]}
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 save_training_state(folder, model, optimizer, progress, metadata)
@@ -281,12 +279,13 @@ def train_loop_per_worker(config: dict) -> None:
                 at_end = progress["epoch"] >= stage_cfg.epochs or progress["step"] >= stop
                 progress["finished"] = at_end
                 interrupted = cfg.stop_after_steps is not None and done_here >= cfg.stop_after_steps
-                report(float(loss.item()), at_end or interrupted or progress["step"] % cfg.checkpoint_every == 0)
+                if at_end or interrupted or progress["step"] % cfg.checkpoint_every == 0:
+                    report(float(loss.item()))
                 if at_end or interrupted:
                     for future in pending:
                         future.cancel()
                     return
-    report(float("nan"), True)  # nothing left to do (a rerun of a finished stage): keep its checkpoint current
+    report(float("nan"))  # nothing left to do (a rerun of a finished stage): keep its checkpoint current
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:

@@ -17,22 +17,22 @@ def test_distill_two_stages_on_s3_resume_predict_evaluate(ray_session, s3_bucket
     store = Storage(root, options)
     scenes = write_dataset(store, num_scenes=4)
     settings = {"prepared": root, "output": root, "text_encoder": TINY_TEXT, "voxel_size": 0.05,
-                "stage1": {"epochs": 4}, "stage2": {"epochs": 1}, "loop": 1, "batch_size": 1,
+                "stage1": {"epochs": 3}, "stage2": {"epochs": 1}, "loop": 1, "batch_size": 1,
                 "num_workers": [2, 2], "backend": "torch", "base_lr": 1e-3, "lr_reference_batch": 2,
                 "lr_x10_quirk": False, "checkpoint_every": 100, "storage": {"options": options}, "progress": False}
 
-    # A time-boxed first invocation stops after 3 steps (4 scenes / 2 workers / batch 1 = 2 steps per epoch).
-    first = run_distill(parse_config({**settings, "stop_after_steps": 3}, DistillConfig))
-    assert first.outputs["stage1 steps"] == "3" and "stopped early" in first.outputs
+    # A time-boxed first invocation stops after 2 steps (4 scenes / 2 workers / batch 1 = 2 steps per epoch).
+    first = run_distill(parse_config({**settings, "stop_after_steps": 2}, DistillConfig))
+    assert first.outputs["stage1 steps"] == "2" and "stopped early" in first.outputs
     assert store.exists("distill/stage1/model.safetensors") and not store.exists("distill/stage2/model.safetensors")
     assert store.list("distill/train/stage1")  # Ray Train's checkpoints live on S3
 
-    # Rerunning the same command resumes at step 3 and runs both stages to the end.
+    # Rerunning the same command resumes at step 2 and runs both stages to the end.
     second = run_distill(parse_config(settings, DistillConfig))
     assert second.done == 2, second.summary()
-    assert (second.outputs["stage1 steps"], second.outputs["stage2 steps"]) == ("8", "2")
+    assert (second.outputs["stage1 steps"], second.outputs["stage2 steps"]) == ("6", "2")
     curve = json.loads(store.read_bytes("distill/stage1/losses.json"))
-    assert curve["steps"] == list(range(1, 9))  # one curve across both invocations: the step count continued
+    assert curve["steps"] == list(range(1, 7))  # one curve across both invocations: the step count continued
     assert sum(curve["loss"][-2:]) < 0.8 * sum(curve["loss"][:2]), curve["loss"]
     assert sorted(n for n in store.list("distill/history")) == sorted(f"{s}.safetensors" for s in scenes)
 

@@ -1,0 +1,93 @@
+"""Training-step throughput and peak memory of MinkUNet18A per sparse backend on synthetic ScanNet-size scenes.
+
+Prints one JSON line per run and appends it to docs/perf/distill.jsonl. Scenes are random room-like point sets
+(floor, walls, boxes) of --points points voxelized at --voxel metres; one step = forward, stage-1 loss, backward,
+Adam step, on a batch of --batch scenes.
+
+    python benchmarks/distill.py --device cuda --backend spconv --points 150000 --batch 8 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from sas_ray.distill.backends import get_backend
+from sas_ray.distill.batch import SceneSample, collate, voxelize_scene
+from sas_ray.distill.minkunet import MinkUNet18A
+from sas_ray.distill.steps import forward, stage1_loss
+from sas_ray.scene import PointFeatures
+
+
+def synthetic_scene(points: int, dim: int, rng: np.random.Generator, index: int) -> SceneSample:
+    """A 6 x 5 x 3 m room: floor, two walls and boxes, with random features and ~200-point superpoints."""
+    n_floor, n_wall = points // 3, points // 6
+    floor = np.c_[rng.uniform(0, 6, n_floor), rng.uniform(0, 5, n_floor), np.zeros(n_floor)]
+    wall_x = np.c_[np.zeros(n_wall), rng.uniform(0, 5, n_wall), rng.uniform(0, 3, n_wall)]
+    wall_y = np.c_[rng.uniform(0, 6, n_wall), np.zeros(n_wall), rng.uniform(0, 3, n_wall)]
+    rest = points - n_floor - 2 * n_wall
+    boxes = rng.uniform([0.5, 0.5, 0], [5.5, 4.5, 1.2], (rest, 3))
+    xyz = np.concatenate([floor, wall_x, wall_y, boxes]).astype(np.float32)
+    superpoints = (np.floor(xyz / 0.3) @ np.array([1, 100, 10000])).astype(np.int64)
+    feat = torch.nn.functional.normalize(torch.randn(points, dim), dim=1).half()
+    return SceneSample(f"bench{index:04d}", xyz, superpoints, PointFeatures(feat, torch.ones(points, dtype=torch.bool)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--points", type=int, default=150000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--voxel", type=float, default=0.02)
+    parser.add_argument("--out", default="docs/perf/distill.jsonl")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    backend = get_backend(args.backend)
+    rng = np.random.default_rng(0)
+    scenes = [synthetic_scene(args.points, args.dim, rng, i) for i in range(args.batch)]
+    batches = [collate([voxelize_scene(s, args.voxel, rng, train=True) for s in scenes], rng)
+               for _ in range(min(args.steps + args.warmup, 3))]
+    model = MinkUNet18A(3, args.dim).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses, start = [], None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        batch = batches[step % len(batches)]
+        loss, _ = stage1_loss(forward(model, backend, batch, device), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.item()))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    result = {"benchmark": "distill_step", "backend": backend.name, "device": str(device),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "points_per_scene": args.points, "batch": args.batch, "voxels_per_batch": int(batches[0].coords.shape[0]),
+              "dim": args.dim, "steps": args.steps, "steps_per_s": args.steps / seconds,
+              "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+              "loss_first": losses[0], "loss_last": losses[-1]}
+    line = json.dumps(result)
+    print(line)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
