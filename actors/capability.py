@@ -3,8 +3,8 @@
 Each actor builds its teacher once and receives the vocabulary embeddings made on the driver. A row's `pending`
 column (a JSON list of teacher folder names) says which teachers still need it, its `error` column whether its
 input could be read; the actor writes a JSON result into its own column for the rows it measures and "" for the
-others. Only counts leave the actor, plus, for generated images, the
-teacher's class mask written to storage for inspection.
+others. Only counts leave the actor, plus, for generated images, the teacher's class mask written to storage for
+inspection.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 import numpy as np
 import torch
 
-import sas_ray.models.simulated  # noqa: F401  registers "simulated-colour" until sas_ray/models/__init__ does
 from actors import actor_device, actor_dtype
 from sas_ray.capability import class_slug, encode_png, label_counts, mask_counts, teacher_class_map
 from sas_ray.config import TeacherSpec

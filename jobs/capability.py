@@ -180,24 +180,25 @@ class _CapabilityRun:
         """Record each row's teacher results (and, via `on_row`, anything else) as rows stream in."""
         try:
             for row in rows.iter_rows():
-                self.on_row(row)
+                self.on_row(row, progress)
                 for k, spec in enumerate(self.cfg.teachers):
                     if row[f"teacher_{k}"]:
-                        unit = f"{spec.folder}-{row['unit']}"
-                        self.report.count(self.ledger.record(unit, spec.folder, row["image_id"],
-                                                             json.loads(row[f"teacher_{k}"]),
-                                                             self.recipes[spec.folder]))
-                        progress.update(1)
+                        self.record(spec.folder, row, json.loads(row[f"teacher_{k}"]), progress)
         finally:
             self.ledger.flush()
 
-    def on_row(self, row: dict) -> None:
+    def record(self, folder: str, row: dict, result: dict, progress: tqdm) -> None:
+        """One teacher unit's result: counts + manifest row, report, progress."""
+        self.report.count(self.ledger.record(f"{folder}-{row['unit']}", folder, row["image_id"], result,
+                                             self.recipes[folder]))
+        progress.update(1)
+
+    def on_row(self, row: dict, progress: tqdm) -> None:
         """Bookkeeping of one finished row besides its teachers' results: an input that could not be read fails
         every teacher unit waiting for it."""
         if row["error"]:
             for folder in json.loads(row["pending"]):
-                self.report.count(self.ledger.record(f"{folder}-{row['unit']}", folder, row["image_id"],
-                                                     {"error": row["error"], "seconds": 0.0}, self.recipes[folder]))
+                self.record(folder, row, {"error": row["error"], "seconds": 0.0}, progress)
 
     def finish(self, image_ids: set[str], start: float) -> StageReport:
         """Aggregate the counts of the current units into capability.parquet + capability.png."""
@@ -279,9 +280,9 @@ class _DiffusionRun(_CapabilityRun):
             fn_constructor_kwargs={"weights": sam.weights, "tiny": sam.tiny, "dtype": sam.dtype,
                                    "storage_options": self.options, "options": {"border": cfg.border, **sam.options}})
 
-    def on_row(self, row: dict) -> None:
+    def on_row(self, row: dict, progress: tqdm) -> None:
         if not row["generated"]:
-            super().on_row(row)
+            super().on_row(row, progress)
             return
         if row["error"]:  # the image is generated again next run, and measured then
             result = UnitResult.failed(row["unit"], row["error"], config_hash=self.generation)

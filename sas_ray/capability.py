@@ -14,10 +14,9 @@ and 'other' is 0, as in SAS. A class with no union anywhere (never predicted, ne
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import io
 
 import numpy as np
 import pyarrow as pa
@@ -31,14 +30,15 @@ NO_CLASS = -1  # class map value of pixels without a prediction
 
 
 def teacher_class_map(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Features [..., C] (a teacher's per-pixel output) and vocabulary embeddings [K, C] -> int64 [...]: the
-    vocabulary class of highest dot product per pixel (ties: lowest index), NO_CLASS where the feature is zero."""
+    """Features [..., C] (a teacher's per-pixel output, any float dtype) and vocabulary embeddings [K, C] -> int64
+    [...]: the vocabulary class of highest dot product per pixel (ties: lowest index), NO_CLASS where the feature
+    is zero."""
     if features.shape[-1] != text.shape[-1]:
         raise InputError(f"teacher features have {features.shape[-1]} channels but the vocabulary embeddings "
                          f"{text.shape[-1]} (teacher and text encoder must share one text space)")
-    feats = features.float()
-    classes = (feats @ text.to(feats.device).float().t()).argmax(dim=-1)
-    return torch.where(feats.abs().amax(dim=-1) > 0, classes, torch.full_like(classes, NO_CLASS))
+    scores = features @ text.to(device=features.device, dtype=features.dtype).t()  # in the teacher's precision
+    classes = scores.argmax(dim=-1)
+    return torch.where(features.abs().amax(dim=-1) > 0, classes, torch.full_like(classes, NO_CLASS))
 
 
 def mask_counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The 2D model zoo: teachers (per-pixel features), text encoders, Stable Diffusion and SAM, built by name."""
 
-from sas_ray.models import clip_text, openclip_dense, sam_clip  # noqa: F401  (registers the models)
+from sas_ray.models import clip_text, openclip_dense, sam_clip, simulated  # noqa: F401  (registers the models)
 from sas_ray.models.base import (
     Resources,
     Teacher,

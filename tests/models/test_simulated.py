@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import sas_ray.models.simulated  # noqa: F401  (registers "simulated-colour")
 from sas_ray.datasets.synthetic import CLASS_COLORS
 from sas_ray.errors import ConfigError
 from sas_ray.labels import MATTERPORT_21
