@@ -43,7 +43,7 @@ from tqdm import tqdm
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.capability import aggregate, capability_table, class_slug, decode_mask_png, encode_png
 from sas_ray.config import CapabilityConfig, TeacherSpec
-from sas_ray.errors import ConfigError, SasError
+from sas_ray.errors import ConfigError, SasError, unit_message
 from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
 from sas_ray.storage import Manifest, Storage, UnitResult
 
@@ -383,7 +383,7 @@ def read_labelled_frame(row: dict, label_set: str, storage_options: dict) -> dic
                            f"{rgb.shape[1]}x{rgb.shape[0]} (expected equal sizes)")
         return {**row, "rgb": rgb, "labels": labels.astype(np.uint8), "error": ""}
     except SasError as err:
-        message = str(err) if unit in str(err) else f"{unit}: {err}"
+        message = unit_message(unit, err, kind="")
         return {**row, "rgb": np.zeros((1, 1, 3), np.uint8), "labels": np.full((1, 1), 255, np.uint8),
                 "error": message}
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, ExtractConfig, TeacherSpec
-from sas_ray.errors import InputError, SasError
+from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
 from sas_ray.geometry.intrinsics import adjust_intrinsic
@@ -80,7 +80,7 @@ def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] 
                    depth=np.stack([f[1] for f in frames]) if all(has_depth) else np.zeros(0, np.float32),
                    error="")
     except (SasError, OSError, ValueError) as err:
-        message = str(err) if item["scene"] in str(err) else f"scene {item['scene']}: {err}"
+        message = unit_message(item["scene"], err)
         out.update(rgb=np.zeros((0, 1, 1, 3), np.uint8), intrinsic=np.zeros((0, 3, 3)), pose=np.zeros((0, 4, 4)),
                    depth=np.zeros(0, np.float32), error=message)
     return out

@@ -15,7 +15,7 @@ import torch
 
 from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
 from sas_ray.config import PRESETS, PredictConfig, config_hash
-from sas_ray.errors import ConfigError, SasError
+from sas_ray.errors import ConfigError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.storage import Manifest, Storage, UnitResult
 
@@ -49,7 +49,7 @@ def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, te
                                      {"teacher": cfg.name, "text_space": text_space, "dim": str(out_channels)})
         return UnitResult.ok(scene_id, name, digest, feat.numel() * 2, time.perf_counter() - start, cfg_hash)
     except (SasError, OSError, ValueError) as err:
-        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
+        message = unit_message(scene_id, err)
         return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
 
 

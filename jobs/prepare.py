@@ -15,7 +15,7 @@ from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
 from sas_ray.config import DatasetConfig, PrepareConfig, config_hash
 from sas_ray.datasets import layout_module
 from sas_ray.datasets.frames import frame_index_table
-from sas_ray.errors import SasError
+from sas_ray.errors import SasError, unit_message
 from sas_ray.prepared import FRAMES, INFO, SCENES, encode_scene, frame_rows_of, scene_file
 from sas_ray.storage import Manifest, Storage, UnitResult
 
@@ -33,7 +33,7 @@ def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, cfg
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return UnitResult.ok(scene_id, scene_file(scene_id), digest, nbytes, time.perf_counter() - start, cfg_hash)
     except (SasError, OSError, ValueError, KeyError) as err:
-        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
+        message = unit_message(scene_id, err)
         return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
 
 

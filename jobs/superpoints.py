@@ -12,7 +12,7 @@ import torch
 
 from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
 from sas_ray.config import SuperpointsConfig, config_hash
-from sas_ray.errors import SasError
+from sas_ray.errors import SasError, unit_message
 from sas_ray.prepared import read_info, read_scene
 from sas_ray.storage import Manifest, Storage, UnitResult
 
@@ -43,7 +43,7 @@ def _superpoints_task(cfg: dict, scene_id: str, cfg_hash: str) -> UnitResult:
                                      {"scene": scene_id, "count": str(int(ids.max()) + 1)})
         return UnitResult.ok(scene_id, name, digest, ids.nbytes, time.perf_counter() - start, cfg_hash)
     except (SasError, OSError, ValueError) as err:
-        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
+        message = unit_message(scene_id, err)
         return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
 
 

@@ -15,3 +15,10 @@ class InputError(SasError):
 
 class StorageError(SasError):
     """Reading or writing object storage failed (after retries) or a path is unsafe."""
+
+
+def unit_message(unit_id: str, err: BaseException, kind: str = "scene") -> str:
+    """The error text of a manifest row: the error itself when it already names the unit, else prefixed by
+    "{kind} {unit_id}: "."""
+    text = str(err)
+    return text if unit_id in text else f"{kind} {unit_id}: {text}".lstrip()

@@ -13,11 +13,14 @@ Mapping onto spconv (indices (batch, x, y, z) = (coords - origin) / tensor strid
 Coordinates are shifted to non-negative indices by an `origin` that is a multiple of `GRID_ALIGN`, and the spatial
 shape is rounded up to a multiple of it, so every power-of-two stride up to it floors as in ME and no strided output
 falls off spconv's grid. Convolutions MinkUNet does not use (strided with K != stride,
-stride-1 with even K) raise ValueError, as do non-float32 features on CPU: spconv 2.3.8's CPU path silently
-returns wrong values for float64 and float16 (measured against the torch backend).
+stride-1 with even K) raise ValueError.
 
-spconv 2.3.8's CPU-only build asks for the current CUDA stream in the CPU branch of `indice_conv_backward` (it
-never uses it there); without CUDA that raises, so on such machines `get_current_stream` returns 0.
+Two patches to spconv 2.3.8's CPU path, applied on import:
+- `SpconvOps.scatter_add_cpu` shares its row pointers between OpenMP threads (captured by reference in
+  `tv::kernel_1d`, `spconv/csrc/sparse/gather.py`), so with more than one thread rows are sometimes added to the
+  wrong voxel (seen: a few % of convolutions wrong at 2 threads). It runs with one thread here.
+- the CPU branch of `indice_conv_backward` asks for the current CUDA stream (and never uses it); without CUDA that
+  raises, so there `get_current_stream` returns 0.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 from spconv.core import ConvAlgo
+from spconv.core_cc.csrc.sparse.all import SpconvOps
 from spconv.pytorch import SparseConvTensor
 from spconv.pytorch import ops as spconv_ops
 from spconv.pytorch.conv import SparseConvolutionBase
@@ -34,6 +38,20 @@ from sas_ray.distill.sparse import Context, SparseTensor
 
 GRID_ALIGN = 64  # largest tensor stride supported (MinkUNet reaches 16)
 
+
+def _one_thread(scatter_add):
+    def run(out, inp, inds):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # sets OpenMP's thread count too, which tv::kernel_1d reads
+        try:
+            return scatter_add(out, inp, inds)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+SpconvOps.scatter_add_cpu = staticmethod(_one_thread(SpconvOps.scatter_add_cpu))
 if not torch.cuda.is_available():
     spconv_ops.get_current_stream = lambda: 0
 
@@ -94,9 +112,6 @@ class SpconvBackend:
         return self._convs[spec]
 
     def _run(self, x: SparseTensor, level: Level, weight: torch.Tensor, kernel_size: int, kind: str, key: str):
-        if x.feats.device.type == "cpu" and x.feats.dtype != torch.float32:
-            raise ValueError(f"spconv backend on CPU: features must be float32, got {x.feats.dtype} (spconv "
-                             f"2.3.8's CPU kernels return wrong values for other dtypes)")
         grid: Grid = x.context.native
         op = self._conv_op(kind, weight.shape[1], weight.shape[2], kernel_size, key, x.feats.device)
         source = SparseConvTensor(x.feats.contiguous(), level.indices, level.spatial_shape, grid.batch_size,
