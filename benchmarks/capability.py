@@ -17,9 +17,7 @@ Per-model kernel timings (one UNet step, the bare SAM encoder) are in benchmarks
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -28,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.models import DTYPES, _peak_gb, _sync, _timed  # noqa: E402
+from benchmarks.models import DTYPES, _peak_gb, _timed, run_and_record  # noqa: E402
 from sas_ray.models.diffusion import ARCHS, PROMPT, DiffusionGenerator  # noqa: E402
 from sas_ray.models.sam import SamRefiner  # noqa: E402
 from sas_ray.models.weights import write_checkpoint  # noqa: E402
@@ -123,24 +121,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype_name = args.dtype if device.type == "cuda" else "float32"  # CPU runs float32 (as the actors do)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     steps = 2 if args.tiny else args.steps
     size = 64 if args.tiny else 512
     benches = {"sd": lambda: bench_sd(device, dtype_name, args.tiny, args.iters, steps, args.batch),
                "sam": lambda: bench_sam(device, dtype_name, args.tiny, args.iters, size)}
-    records = []
-    for name in args.stages.split(","):
-        _sync(device)
-        record = benches[name]()
-        record.update(device=card, dtype=dtype_name, tiny=args.tiny, iters=args.iters, torch=torch.__version__)
-        records.append(record)
-        print(json.dumps(record), flush=True)
-    if args.out:
-        slug = "cpu" if device.type == "cpu" else card.lower().replace("nvidia", "").strip().replace(" ", "-")
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"capability-{slug}{'-tiny' if args.tiny else ''}.json"), "w") as f:
-            json.dump(records, f, indent=2)
-    return records
+    runs = {name: benches[name] for name in args.stages.split(",")}
+    return run_and_record("capability", runs, device, dtype_name, args.tiny, args.iters, args.out)
 
 
 if __name__ == "__main__":

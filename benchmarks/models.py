@@ -175,18 +175,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 references are true float32
     torch.backends.cudnn.allow_tf32 = False
     dtype_name = args.dtype if device.type == "cuda" else "float32"  # CPU runs float32 (as the actors do)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     benches = {"openclip-dense": bench_openclip_dense, "sam": bench_sam_encoder, "sd15-unet": bench_sd15_unet}
+    runs = {name: (lambda fn=benches[name]: fn(device, dtype_name, args.tiny, args.iters))
+            for name in args.models.split(",")}
+    return run_and_record("models", runs, device, dtype_name, args.tiny, args.iters, args.out)
+
+
+def run_and_record(prefix: str, runs: dict, device: torch.device, dtype_name: str, tiny: bool, iters: int,
+                   out: str | None) -> list[dict]:
+    """Run each benchmark, print its JSON line, and write all records to {out}/{prefix}-<card>.json."""
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     records = []
-    for name in args.models.split(","):
-        record = benches[name](device, dtype_name, args.tiny, args.iters)
-        record.update(device=card, dtype=dtype_name, tiny=args.tiny, iters=args.iters, torch=torch.__version__)
+    for run in runs.values():
+        _sync(device)
+        record = run()
+        record.update(device=card, dtype=dtype_name, tiny=tiny, iters=iters, torch=torch.__version__)
         records.append(record)
         print(json.dumps(record), flush=True)
-    if args.out:
+    if out:
         slug = "cpu" if device.type == "cpu" else card.lower().replace("nvidia", "").strip().replace(" ", "-")
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"models-{slug}{'-tiny' if args.tiny else ''}.json"), "w") as f:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"{prefix}-{slug}{'-tiny' if tiny else ''}.json"), "w") as f:
             json.dump(records, f, indent=2)
     return records
 

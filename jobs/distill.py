@@ -25,7 +25,7 @@ import torch
 
 from jobs.runtime import StageReport, ensure_ray
 from jobs.superpoints import read_superpoints
-from sas_ray.config import PRESETS, DistillConfig, StorageConfig
+from sas_ray.config import PRESETS, DistillConfig
 from sas_ray.errors import ConfigError, InputError, SasError
 from sas_ray.storage import Storage
 

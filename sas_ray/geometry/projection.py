@@ -33,7 +33,7 @@ def project_points(points: torch.Tensor, pose: np.ndarray | torch.Tensor, intrin
     occlusion test (D = 0 therefore rejects). OpenScene checks Z > 0 only without depth; with depth its occlusion
     test already rejects Z <= 0 whenever visibility_threshold < 1 (every real preset), so the results are equal.
     """
-    batch_shape = _check_inputs(points, pose, intrinsic, image_size, cut_bound, depth, visibility_threshold)
+    _check_inputs(points, pose, intrinsic, image_size, cut_bound, depth, visibility_threshold)
     device = points.device
     pose = torch.as_tensor(pose, dtype=torch.float64)
     world_to_camera = torch.linalg.inv_ex(pose).inverse.to(device)                       # [...,4,4]
