@@ -8,11 +8,11 @@ out="${OUT:-docs/perf}"
 mkdir -p "$out"
 nvidia-smi -L
 step() { echo "== $*"; "$@" 2>&1 | grep -E '^\{|Error|error|Traceback' | tail -5; }
-step env CUDA_VISIBLE_DEVICES=0 timeout 220 python3 -m benchmarks.extract --device cuda --scenes 3 --frames 100 \
+step env CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m benchmarks.extract --device cuda --scenes 3 --frames 100 \
   --out "$out/extract-h100.json"
-step env CUDA_VISIBLE_DEVICES=0 timeout 110 python3 -m benchmarks.extract_multigpu --gpus 1 --work /tmp/multigpu \
+step env CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m benchmarks.extract_multigpu --gpus 1 --work /tmp/multigpu \
   --scenes 6 --out "$out/extract-multigpu-h100.jsonl"
-step env CUDA_VISIBLE_DEVICES=0,1 timeout 90 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
+step env CUDA_VISIBLE_DEVICES=0,1 timeout 80 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
   --scenes 6 --out "$out/extract-multigpu-h100.jsonl"
-step env CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/capability.py --device cuda --dtype float16 --steps 50 \
+step env CUDA_VISIBLE_DEVICES=0 timeout 100 python3 benchmarks/capability.py --device cuda --dtype float16 --steps 50 \
   --batch 4 --out "$out"

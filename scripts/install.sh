@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -c constraints-cpu.txt -e ".[dev]"
+.venv/bin/pip install -q -c constraints-cpu.txt -e ".[dev,spconv]"
 .venv/bin/python -c "import sas_ray, torchvision, ray; print('sas-ray installed: torch', __import__('torch').__version__, 'ray', ray.__version__)"

@@ -1,6 +1,6 @@
 """Choosing a sparse-convolution backend by name: `torch` (reference, always there), `spconv` (fast GPU path),
-`minkowski` (MinkowskiEngine 0.5.4, OpenScene's own). `auto` = spconv if installed and CUDA is available, else
-MinkowskiEngine if installed, else torch."""
+`minkowski` (MinkowskiEngine 0.5.4, OpenScene's own). `auto` = spconv if a CUDA build of it is installed and CUDA is
+available (on CPU it is no faster than torch: docs/distill.md), else MinkowskiEngine if installed, else torch."""
 
 from __future__ import annotations
 
@@ -19,9 +19,16 @@ def installed(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def spconv_has_cuda() -> bool:
+    """False for the CPU-only `spconv` wheel, True for `spconv-cu12x`."""
+    from spconv.cppconstants import CPU_ONLY_BUILD
+
+    return not CPU_ONLY_BUILD
+
+
 def resolve_backend_name(name: str) -> str:
     if name == "auto":
-        if installed("spconv") and torch.cuda.is_available():
+        if installed("spconv") and torch.cuda.is_available() and spconv_has_cuda():
             return "spconv"
         return "minkowski" if installed("minkowski") else "torch"
     if name not in BACKENDS:

@@ -12,8 +12,9 @@ Mapping onto spconv (indices (batch, x, y, z) = (coords - origin) / tensor strid
 - ME kernel [K^3, C_in, C_out] (x fastest) -> spconv KRSC [C_out, Kx, Ky, Kz, C_in].
 Coordinates are shifted to non-negative indices by an `origin` that is a multiple of `GRID_ALIGN`, and the spatial
 shape is rounded up to a multiple of it, so every power-of-two stride up to it floors as in ME and no strided output
-falls off spconv's grid. Convolutions MinkUNet does not use (strided with K != stride,
-stride-1 with even K) raise ValueError.
+falls off spconv's grid. Convolutions MinkUNet does not use (strided with K != stride, stride-1 with even K) raise
+ValueError. On CUDA spconv picks its kernels (implicit GEMM for K^3 <= 32); on CPU only its Native gather-GEMM-scatter
+exists.
 
 Two patches to spconv 2.3.8's CPU path, applied on import:
 - `SpconvOps.scatter_add_cpu` shares its row pointers between OpenMP threads (captured by reference in
@@ -30,11 +31,13 @@ from dataclasses import dataclass, field
 import torch
 from spconv.core import ConvAlgo
 from spconv.core_cc.csrc.sparse.all import SpconvOps
+from spconv.cppconstants import CPU_ONLY_BUILD
 from spconv.pytorch import SparseConvTensor
 from spconv.pytorch import ops as spconv_ops
 from spconv.pytorch.conv import SparseConvolutionBase
 
 from sas_ray.distill.sparse import Context, SparseTensor
+from sas_ray.errors import ConfigError
 
 GRID_ALIGN = 64  # largest tensor stride supported (MinkUNet reaches 16)
 
@@ -103,7 +106,9 @@ class SpconvBackend:
         """A weightless spconv convolution (its `_conv_forward` takes the weight as an argument), cached."""
         spec = (kind, c_in, c_out, kernel_size, key, device.type)
         if spec not in self._convs:
-            # CPU has only Native; on CUDA spconv's default (implicit GEMM for K^3 <= 32, else Native).
+            if device.type == "cuda" and CPU_ONLY_BUILD:
+                raise ConfigError("the installed spconv is the CPU-only wheel; for CUDA install spconv-cu12x "
+                                  "(e.g. spconv-cu126) instead")
             algo = ConvAlgo.Native if device.type != "cuda" else None
             stride = kernel_size if kind == "down" else 1
             self._convs[spec] = SparseConvolutionBase(

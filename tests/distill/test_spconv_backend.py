@@ -107,3 +107,39 @@ def test_rejects_convolutions_it_cannot_map():
         backend.conv(x, torch.ones(8, 2, 2), 2, 1)
     with pytest.raises(ValueError, match="no such coordinates"):
         backend.conv_transpose(x, torch.ones(8, 2, 2), 2, 2)
+
+
+def _assert_close_relative(ours: torch.Tensor, reference: torch.Tensor, tolerance: float) -> None:
+    error = (ours.double() - reference.double()).abs().max() / reference.double().abs().max()
+    assert error <= tolerance, f"max error {error:.2e} of the reference's magnitude"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_implicit_gemm_matches_torch_backend():
+    """On CUDA spconv takes other kernels (implicit GEMM, float32): ops and MinkUNet18A (eval mode, where float32
+    is well conditioned) against the float64 torch backend."""
+    coords = _random_voxels(3000, seed=11, extent=20, shift=-7).cuda()
+    results = []
+    for backend, dtype in ((TorchBackend(), torch.float64), (SpconvBackend(), torch.float32)):
+        leaves = [t.detach().to("cuda", dtype).requires_grad_()
+                  for t in _leaves((len(coords), 16), (27, 16, 32), (8, 32, 32), (8, 32, 8), seed=12)]
+        feats, subm_w, down_w, up_w = leaves
+        x = backend.conv(backend.sparse_tensor(coords, feats), subm_w, 3, 1)
+        down = backend.conv(x, down_w, 2, 2)
+        up = backend.conv_transpose(down, up_w, 2, 2)
+        probe = torch.randn(up.feats.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+        results.append([x.feats, _rows_by_coords(down.coords, down.feats), up.feats,
+                        *_grads((up.feats.double() * probe.cuda()).sum(), leaves)])
+    torch.manual_seed(0)
+    state = MinkUNet18A(3, 16).state_dict()
+    probe = torch.randn(len(coords), 16, generator=torch.Generator().manual_seed(14), dtype=torch.float64).cuda()
+    for backend, dtype, result in ((TorchBackend(), torch.float64, results[0]),
+                                   (SpconvBackend(), torch.float32, results[1])):
+        net = MinkUNet18A(3, 16)
+        net.load_state_dict(state)
+        net = net.to("cuda", dtype).eval()
+        out = net(backend.sparse_tensor(coords, torch.ones(len(coords), 3, device="cuda", dtype=dtype)))
+        result.extend([out, *_grads((out.double() * probe).sum(), list(net.parameters()))])
+    for ours, reference in zip(results[1], results[0]):
+        _assert_close_relative(ours, reference, 1e-4)
