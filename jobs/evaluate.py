@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, EvaluateConfig
-from sas_ray.errors import InputError, SasError
+from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.evaluate import (NO_FEATURE, ConfusionMatrix, ensemble_features, predict_distill, predict_ensemble,
                               predict_fusion)
 from sas_ray.features import read_full_features
@@ -138,8 +138,7 @@ def _evaluate_task(cfg: dict, scene_id: str, inputs: EvaluationInputs, draw: boo
                   "miou": confusion.mean_iou(), "macc": confusion.mean_accuracy()}
         return {"scene": scene_id, "error": "", "counts": confusion.counts, "summary": counts}
     except (SasError, OSError, ValueError) as err:
-        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
-        return {"scene": scene_id, "error": message}
+        return {"scene": scene_id, "error": unit_message(scene_id, err)}
 
 
 def _scene_results(units: list[tuple[str, tuple]], progress: bool) -> list[dict]:

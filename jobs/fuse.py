@@ -22,7 +22,7 @@ from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
 from sas_ray.capability_table import CAPABILITY_FILE, read_capabilities
 from sas_ray.capfusion import add_point_features, fuse_point_features, linear_point_features
 from sas_ray.config import FuseConfig
-from sas_ray.errors import ConfigError, InputError, SasError
+from sas_ray.errors import ConfigError, InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file, read_full_features
 from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
 from sas_ray.scene import PointFeatures
@@ -117,8 +117,7 @@ def _fuse_task(output: str, storage_options: dict, fused_name: str, scene_id: st
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return UnitResult.ok(scene_id, name, digest, nbytes, time.perf_counter() - start, recipe.digest)
     except (SasError, OSError, ValueError) as err:
-        message = str(err) if scene_id in str(err) else f"scene {scene_id}: {err}"
-        return UnitResult.failed(scene_id, message, time.perf_counter() - start, recipe.digest)
+        return UnitResult.failed(scene_id, unit_message(scene_id, err), time.perf_counter() - start, recipe.digest)
 
 
 def scenes_with_features(out: Storage, teachers: list[str]) -> list[str]:
