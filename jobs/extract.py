@@ -168,9 +168,10 @@ class _TeacherRun:
         spec = self.spec
         options = dict(self.cfg.storage.options)
         ds = ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups)))
-        ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size})
+        ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size},
+                    num_cpus=self.cfg.decode_cpus)
         return ds.map_batches(
-            _actor_class(), batch_size=1, batch_format="numpy", num_gpus=spec.gpus,
+            _actor_class(), batch_size=1, batch_format="numpy", num_gpus=spec.gpus, num_cpus=spec.actor_cpus,
             compute=ray.data.ActorPoolStrategy(min_size=spec.pool[0], max_size=spec.pool[1]),
             max_concurrency=2,  # the next group's input and this group's output are batched while the UDF runs
             fn_constructor_kwargs={"teacher": spec.model_dump(), "prepared": self.cfg.prepared,

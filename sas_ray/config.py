@@ -109,6 +109,8 @@ class TeacherSpec(Strict):
     tiny: bool = False  # random small config of the same classes (tests, demo)
     options: dict = Field(default_factory=dict)  # builder keyword arguments (architecture etc.)
     gpus: float = Field(1.0, ge=0)  # per actor: 1 = its own GPU, a fraction to share one, 0 = CPU
+    cpus: float | None = Field(None, gt=0)  # per actor; default 1 beside a GPU, 0.5 for a CPU teacher so that
+    #                                         several CPU teachers and their decode tasks fit on a small machine
     pool: tuple[int, int] = (1, 1)  # (min, max) actors; the pool grows and shrinks with the cluster
     batch_size: int = Field(8, ge=1)  # frames per model forward
     dtype: Literal["float32", "float16", "bfloat16"] = "float16"  # on GPU; CPU always runs float32
@@ -122,6 +124,10 @@ class TeacherSpec(Strict):
     @property
     def folder(self) -> str:
         return self.output_name or self.name
+
+    @property
+    def actor_cpus(self) -> float:
+        return self.cpus if self.cpus is not None else (1.0 if self.gpus > 0 else 0.5)
 
 
 class ExtractConfig(Strict):
@@ -139,6 +145,7 @@ class ExtractConfig(Strict):
     vis_thres: float | None = None  # default: the dataset preset's
     cut_bound: int | None = None  # default: the dataset preset's
     frames_per_task: int = Field(64, ge=1)  # frames of one scene decoded and fused together
+    decode_cpus: float = Field(0.5, gt=0)  # CPUs reserved by one decode task (JPEG/PNG decoding is light)
     image_size: tuple[int, int] | None = None  # (H, W) frames are resized to; default: dataset.json's, else as stored
     export_openscene: bool = False  # also write OpenScene `.pt` files ({"feat", "mask_full"})
     storage: StorageConfig = Field(default_factory=StorageConfig)

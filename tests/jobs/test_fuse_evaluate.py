@@ -220,18 +220,17 @@ def test_cli_chain_prepare_extract_fuse_evaluate(ray_session, tmp_path, capsys):
                                               "points_per_scene": 1200, "seed": 5}},
                     "output": prepared, "progress": False},
         # Two teachers in one text space (same tiny CLIP) with different features (with / without flip TTA),
-        # extracted one after the other (two concurrent teacher pipelines need more than the tests' 2 Ray CPUs).
-        "extract-flip": {"prepared": prepared, "output": output, "progress": False,
-                         "teachers": [{**teacher, "output_name": "dense-flip", "options": {"flip": True}}]},
-        "extract-plain": {"prepared": prepared, "output": output, "progress": False,
-                          "teachers": [{**teacher, "output_name": "dense-plain", "options": {"flip": False}}]},
+        # extracted by one run: two concurrent teacher pipelines on the tests' 2 Ray CPUs.
+        "extract": {"prepared": prepared, "output": output, "progress": False,
+                    "teachers": [{**teacher, "output_name": "dense-flip", "options": {"flip": True}},
+                                 {**teacher, "output_name": "dense-plain", "options": {"flip": False}}]},
         "fuse": {"output": output, "teachers": ["dense-flip", "dense-plain"], "method": "capability",
                  "text_encoder": TINY_TEXT, "progress": False},
         "evaluate": {"prepared": prepared, "output": output, "features": "fused", "text_encoder": TINY_TEXT,
                      "queries": ["a sofa", "something to sit on"], "max_ply_scenes": 1, "progress": False},
     }
-    for name in ("prepare", "extract-flip", "extract-plain"):
-        assert cli_main([name.split("-")[0], "--config", _yaml(tmp_path / f"{name}.yaml", configs[name])]) == 0
+    for name in ("prepare", "extract"):
+        assert cli_main([name, "--config", _yaml(tmp_path / f"{name}.yaml", configs[name])]) == 0
     caps = {"dense-flip": np.linspace(0.2, 0.8, 21), "dense-plain": np.linspace(0.8, 0.2, 21)}
     caps["dense-flip"][19] = caps["dense-plain"][19] = 0.0
     Storage(output).write_table("capability/capability.parquet", _capability_table(caps))
