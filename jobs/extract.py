@@ -168,6 +168,8 @@ class _TeacherRun:
         spec = self.spec
         options = dict(self.cfg.storage.options)
         ds = ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups)))
+        limits = ds.context.execution_options.resource_limits  # bounded memory, whatever the number of scenes
+        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=self.cfg.object_store_gb * 1e9)
         ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size},
                     num_cpus=self.cfg.decode_cpus)
         return ds.map_batches(
