@@ -20,7 +20,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "distill": ("jobs.distill:main", "MinkUNet18A distilled from the fused features on Ray Train (stage 1 + stage 2)"),
     "predict": ("jobs.predict:main", "a distilled checkpoint over the scenes -> per-point 3D features"),
     "evaluate": ("jobs.evaluate:main", "per-class mIoU/mAcc tables, confusion PNG, label and text-query PLY/PNG"),
+    "run": ("jobs.run:main", "several stages from one YAML (keys = stage names), in order -> {output}/report.md"),
+    "demo": ("jobs.run:demo", "the chain on synthetic rooms with tiny models on the CPU (no distill/predict)"),
 }
+NO_CONFIG = {"demo"}  # commands whose config is built in; they take --output instead
 
 EPILOG = """Every stage is resumable: rerunning the same command skips units whose manifest row is ok and whose
 output hash still matches. Outputs go to the config's `output` URL (a local path, s3://bucket/prefix, memory://).
@@ -71,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (_resolve(target).__doc__ or help_text).strip()
         p = sub.add_parser(name, help=help_text, description=doc, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", required=True, help="YAML config file (local path or URL)")
+        if name in NO_CONFIG:
+            p.add_argument("--output", default="out/demo", metavar="DIR", help="output root (default: out/demo)")
+        else:
+            p.add_argument("--config", required=True, help="YAML config file (local path or URL)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set dataset.scenes=[scene0000_00]")
         p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     target, _ = STAGES[args.stage]
     try:
-        report = _resolve(target)(args.config, args.set, args.address)
+        source = args.output if args.stage in NO_CONFIG else args.config
+        report = _resolve(target)(source, args.set, args.address)
     except SasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
 from sas_ray.geometry.intrinsics import adjust_intrinsic
+from sas_ray.ids import check_id
 from sas_ray.prepared import read_frame_index, read_info
 from sas_ray.scene import PointFeatures
 from sas_ray.storage import Manifest, Storage, UnitResult
@@ -69,6 +70,7 @@ def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] 
     out = {k: item[k] for k in ("scene", "group", "num_groups")}
     out["num_frames"] = len(rows)
     try:
+        check_id(item["scene"], "scene id")  # a `scenes:` entry like '../x' is refused as unsafe, not just absent
         if not rows:
             raise InputError(f"scene {item['scene']} has no frames in the frame index")
         frames = [_resized(read_frame(row, storage_options), image_size) for row in rows]

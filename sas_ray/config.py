@@ -394,6 +394,35 @@ class CapabilityConfig(Strict):
         return self
 
 
+class PipelineConfig(Strict):
+    """`sas-ray run`: several stages in one go, each key holding that stage's config; absent = not run. They run in
+    the order of the fields below; each stage still skips the units its manifest has."""
+
+    prepare: PrepareConfig | None = None
+    extract: ExtractConfig | None = None
+    capability: CapabilityConfig | None = None
+    fuse: FuseConfig | None = None
+    superpoints: SuperpointsConfig | None = None
+    distill: DistillConfig | None = None
+    predict: PredictConfig | None = None
+    evaluate: EvaluateConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_stage(self) -> PipelineConfig:
+        if not self.stages():
+            raise ValueError(f"no stage configured; give at least one of {list(type(self).model_fields)}")
+        return self
+
+    def stages(self) -> list[tuple[str, BaseModel]]:
+        """(stage name, its config) of the configured stages, in running order."""
+        return [(name, getattr(self, name)) for name in type(self).model_fields if getattr(self, name) is not None]
+
+    @property
+    def output(self) -> str:
+        """Where the run's report goes: the output root of the last configured stage (evaluate's, when it runs)."""
+        return self.stages()[-1][1].output
+
+
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 

@@ -31,6 +31,7 @@ _NUMPY_GLOBALS = [
     *((fn, f"{module}.multiarray.{fn.__name__}") for fn in (_multiarray._reconstruct, _multiarray.scalar)
       for module in ("numpy.core", "numpy._core")),
     *(type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")),
+    bytes,  # an empty array's data pickles as `bytes()`: without it an empty scene reads as a refused file
 ]
 _LEGACY_LABEL = -100  # OpenScene's loader maps -100 to 255
 _SAFE_GLOBALS_LOCK = threading.Lock()  # safe_globals edits one process-wide list: one load at a time

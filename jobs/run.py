@@ -1,0 +1,163 @@
+"""`sas-ray run` and `sas-ray demo`: the stages of one pipeline config in order, then a markdown report of them."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from jobs.runtime import StageReport
+from sas_ray.config import EvaluateConfig, PipelineConfig, parse_config
+from sas_ray.errors import SasError
+from sas_ray.storage import Storage
+
+RUNNERS = {  # stage -> its `run_*(cfg, address)`; extract returns one report per teacher
+    "prepare": "jobs.prepare:run_prepare",
+    "extract": "jobs.extract:run_extract",
+    "capability": "jobs.capability:run_capability",
+    "fuse": "jobs.fuse:run_fuse",
+    "superpoints": "jobs.superpoints:run_superpoints",
+    "distill": "jobs.distill:run_distill",
+    "predict": "jobs.predict:run_predict",
+    "evaluate": "jobs.evaluate:run_evaluate",
+}
+REPORT = "report.md"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-pipeline.yaml"
+DEMO_OUTPUT = "out/demo"  # the demo config's paths all live under this folder; --output moves them
+PICTURES = (".png", ".ply")
+
+
+@dataclass
+class PipelineResult:
+    """The stage reports of one run, where its report went, and why it stopped early (None = it ran to the end)."""
+
+    reports: list[StageReport] = field(default_factory=list)
+    report_url: str = ""
+    pictures: list[str] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(r.failed for r in self.reports)
+
+    def summary(self) -> str:
+        lines = [r.summary() for r in self.reports]
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
+        lines += [f"picture: {p}" for p in self.pictures]
+        lines.append(f"report: {self.report_url}")
+        return "\n".join(lines)
+
+
+def _runner(stage: str):
+    module, func = RUNNERS[stage].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _link(root: Storage, target: Storage, *parts: str) -> str:
+    """A link from the report at `root` to `target`/parts: relative when it lies under the report's folder."""
+    url = target.url(*parts)
+    prefix = root.url() + "/"
+    return url[len(prefix):] if url.startswith(prefix) else url
+
+
+def evaluation_pictures(cfg: EvaluateConfig) -> tuple[Storage, list[str]]:
+    """An evaluation's folder and the paths in it of its confusion matrix and per-scene pictures, in order."""
+    from jobs.evaluate import EVALUATE
+
+    stage = Storage(cfg.output, dict(cfg.storage.options)).child(EVALUATE, cfg.folder)
+    found = [name for name in stage.list() if name.endswith(PICTURES)]
+    for scene in stage.list("scenes"):
+        found += [f"scenes/{scene}/{name}" for name in stage.child("scenes", scene).list() if name.endswith(PICTURES)]
+    return stage, found
+
+
+def write_report(cfg: PipelineConfig, result: PipelineResult, source: str) -> None:
+    """{cfg.output}/report.md: each stage's summary, then links to the evaluation's table and pictures."""
+    root = Storage(cfg.output, dict(cfg.stages()[-1][1].storage.options))  # the report sits beside that output
+    lines = [f"# sas-ray run: {source}", "", "| stage | done | skipped | failed | seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {r.stage} | {r.done} | {r.skipped} | {r.failed} | {r.seconds:.1f} |" for r in result.reports]
+    if result.stopped:
+        lines += ["", f"**Stopped:** {result.stopped}"]
+    for r in result.reports:
+        lines += ["", f"## {r.stage}", "", "```text", r.summary(), "```"]
+    if cfg.evaluate is not None and any(r.stage.startswith("evaluate") and r.done for r in result.reports):
+        stage, pictures = evaluation_pictures(cfg.evaluate)
+        result.pictures = [stage.url(p) for p in pictures]
+        lines += ["", "## Evaluation", "", f"- [per-class table]({_link(root, stage, 'per_class.md')})",
+                  f"- [summary]({_link(root, stage, 'summary.json')})"]
+        lines += [f"- [{p}]({_link(root, stage, p)})" for p in pictures if p.endswith(".ply")]
+        lines += [f"\n![{p}]({_link(root, stage, p)})" for p in pictures if p.endswith(".png")]
+    root.write_bytes(REPORT, ("\n".join(lines) + "\n").encode())
+    result.report_url = root.url(REPORT)
+
+
+def run_pipeline(cfg: PipelineConfig, address: str | None = None, source: str = "<config>") -> PipelineResult:
+    """Run every configured stage in order. A stage with failed units, or one that raises, stops the run (what the
+    finished units wrote stays); the report is written either way."""
+    result = PipelineResult()
+    try:
+        for stage, stage_cfg in cfg.stages():
+            try:
+                reports = _runner(stage)(stage_cfg, address)
+            except SasError as err:
+                result.stopped = f"stage {stage!r} failed: {err}"
+                raise SasError(result.stopped) from err
+            except Exception as err:
+                result.stopped = f"stage {stage!r} failed: {type(err).__name__}: {err}"
+                err.add_note(f"in `sas-ray run`, stage {stage!r}")
+                raise
+            reports = reports if isinstance(reports, list) else [reports]
+            result.reports += reports
+            failed = sum(r.failed for r in reports)
+            if failed:
+                result.stopped = f"stage {stage!r}: {failed} unit(s) failed; later stages not run"
+                break
+    finally:
+        write_report(cfg, result, source)
+    return result
+
+
+def main(config: str, overrides: list[str], address: str | None) -> PipelineResult:
+    """Run several stages from one YAML file whose top-level keys are stage names (prepare, extract, capability, fuse,
+    superpoints, distill, predict, evaluate), each holding that stage's config as `sas-ray <stage>` reads it; absent
+    stages are not run. Stages run in that order, each skipping the units already done. A stage with failed units
+    or an error stops the run. Writes {output}/report.md, output = the last configured stage's `output`
+    (evaluate's when it runs), with every stage's summary and links to the evaluation's table and pictures."""
+    from jobs.cli import load_stage_config
+
+    return run_pipeline(load_stage_config(config, overrides, PipelineConfig), address, source=config)
+
+
+def _relocate(node, output: str):
+    """The demo config with every path under out/demo moved under `output`."""
+    if isinstance(node, dict):
+        return {k: _relocate(v, output) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_relocate(v, output) for v in node]
+    if isinstance(node, str) and (node == DEMO_OUTPUT or node.startswith(DEMO_OUTPUT + "/")):
+        return output.rstrip("/") + node[len(DEMO_OUTPUT):]
+    return node
+
+
+def demo_config(output: str = DEMO_OUTPUT, overrides: list[str] = ()) -> PipelineConfig:
+    """configs/demo-pipeline.yaml with its outputs under `output` and `--set` overrides applied."""
+    from jobs.cli import _set_key
+
+    if not DEMO_CONFIG.exists():
+        raise SasError(f"{DEMO_CONFIG}: demo config not found (sas-ray demo runs from a source checkout)")
+    data = _relocate(yaml.safe_load(DEMO_CONFIG.read_text()), output)
+    for assignment in overrides:
+        _set_key(data, assignment)
+    return parse_config(data, PipelineConfig, source=str(DEMO_CONFIG))
+
+
+def demo(output: str, overrides: list[str], address: str | None) -> PipelineResult:
+    """The whole SAS chain on 2 synthetic rooms with tiny random models, on the CPU (a few minutes on 2 cores):
+    render + prepare -> extract (2 teachers) -> capability (SD images + SAM pseudo masks) -> capability-guided
+    fuse -> superpoints -> evaluate. distill and predict are left out (too slow for CPUs; see `sas-ray distill`).
+    Settings: configs/demo-pipeline.yaml (its out/demo paths move under --output). Prints the report and the
+    pictures' paths."""
+    return run_pipeline(demo_config(output, overrides), address, source="sas-ray demo")
