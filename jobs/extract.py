@@ -173,7 +173,7 @@ class _TeacherRun:
         limits = ds.context.execution_options.resource_limits  # bounded memory, whatever the number of scenes
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=self.cfg.object_store_gb * 1e9)
         ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size},
-                    num_cpus=self.cfg.decode_cpus)
+                    num_cpus=self.cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=self.cfg.decode_tasks))
         return ds.map_batches(
             _actor_class(), batch_size=1, batch_format="numpy", num_gpus=spec.gpus, num_cpus=spec.actor_cpus,
             compute=ray.data.ActorPoolStrategy(min_size=spec.pool[0], max_size=spec.pool[1]),
