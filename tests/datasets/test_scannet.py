@@ -83,8 +83,8 @@ def test_layout_matches_openscene_files(root):
     np.testing.assert_array_equal(k4[3], [0, 0, 0, 1])
     np.testing.assert_array_equal(np.loadtxt(io.BytesIO(fs.cat_file(f"{base}/scannet_2d/scene0002_00/pose/0.txt"))),
                                   frame.pose)
-    coords, colors, labels = torch.load(io.BytesIO(fs.cat_file(f"{base}/scannet_3d/train/scene0002_00_vh_clean_2.pth")),
-                                        weights_only=False)
+    pth = io.BytesIO(fs.cat_file(f"{base}/scannet_3d/train/scene0002_00_vh_clean_2.pth"))
+    coords, colors, labels = torch.load(pth, weights_only=False)  # our own file, read the way OpenScene reads it
     np.testing.assert_array_equal(coords, scene.points.astype(np.float64))
     np.testing.assert_allclose(colors, scene.colors / 127.5 - 1)
     np.testing.assert_array_equal(labels, scene.labels)
