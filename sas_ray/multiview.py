@@ -50,8 +50,8 @@ def fuse_views(teacher, points: torch.Tensor, views: Views, visibility: Visibili
     accumulator = FeatureAccumulator(len(points), teacher.dim, device=device)
     for start in range(0, len(views), batch_size):
         batch = slice(start, start + batch_size)
-        rgb = torch.from_numpy(views.rgb[batch]).to(device, non_blocking=True)
-        depth = None if views.depth is None else torch.from_numpy(views.depth[batch]).to(device, non_blocking=True)
+        rgb = torch.tensor(views.rgb[batch], device=device)  # a copy: Ray hands the actor read-only arrays
+        depth = None if views.depth is None else torch.tensor(views.depth[batch], device=device)
         features = teacher.encode(rgb)
         rows, cols, valid = project_points(points, views.pose[batch], views.intrinsic[batch], views.image_size,
                                            cut_bound=visibility.cut_bound, depth=depth,
