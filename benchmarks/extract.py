@@ -62,34 +62,49 @@ def replicate(base: Storage, target: Storage, scenes: int, frames: int) -> None:
     target.write_json(INFO, {**info, "scenes": names})
 
 
-class PeakMemory:
-    """Samples the summed PSS of this process and its descendants (Ray workers) every 0.2 s. PSS, not RSS: the
-    object store is shared memory mapped by every worker, which RSS would count once per process."""
+class Sampler:
+    """Calls `sample()` every `period` seconds on a background thread while the `with` block runs."""
+
+    period = 0.2
 
     def __init__(self) -> None:
-        self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.2)
+    def sample(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> PeakMemory:
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.period)
+
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakMemory(Sampler):
+    """The peak summed PSS of this process and its descendants (Ray workers). PSS, not RSS: the object store is
+    shared memory mapped by every worker, which RSS would count once per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = 0
+        self._me = psutil.Process()
+
+    def sample(self) -> None:
+        total = 0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
 
 
 def teacher_spec(args, weights: str | None) -> dict:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import subprocess
-import threading
 import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -22,7 +21,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.extract import build_dataset, random_checkpoint, replicate  # noqa: E402
+from benchmarks.extract import Sampler, build_dataset, random_checkpoint, replicate  # noqa: E402
 from jobs.extract import run_extract  # noqa: E402
 from sas_ray.config import ExtractConfig, parse_config  # noqa: E402
 from sas_ray.features import read_features  # noqa: E402
@@ -30,28 +29,19 @@ from sas_ray.prepared import read_frame_index, read_info  # noqa: E402
 from sas_ray.storage import Storage  # noqa: E402
 
 
-class GpuUtilisation:
-    """Mean utilisation per visible GPU, sampled from nvidia-smi every 0.5 s."""
+class GpuUtilisation(Sampler):
+    """Mean utilisation per visible GPU, sampled from nvidia-smi."""
+
+    period = 0.5
 
     def __init__(self) -> None:
+        super().__init__()
         self.samples: list[list[float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout
-            self.samples.append([float(x) for x in out.split()])
-            time.sleep(0.5)
-
-    def __enter__(self) -> GpuUtilisation:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True).stdout
+        self.samples.append([float(x) for x in out.split()])
 
     def mean(self) -> list[float]:
         return [round(sum(col) / len(col), 1) for col in zip(*self.samples)] if self.samples else []

@@ -29,7 +29,7 @@ from sas_ray.geometry.intrinsics import adjust_intrinsic
 from sas_ray.ids import check_id
 from sas_ray.prepared import read_frame_index, read_info
 from sas_ray.scene import PointFeatures
-from sas_ray.storage import Manifest, Storage, UnitResult
+from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
 
 
 def frame_groups(index_rows: list[dict], scene_ids: list[str], frames_per_task: int) -> list[dict]:
@@ -195,7 +195,8 @@ class _TeacherRun:
         metadata = {"teacher": self.spec.name, "text_space": state.text_space, "dim": str(features.dim),
                     "frames": str(state.frames),
                     "split": self.cfg.split, **{k: str(v) for k, v in self.visibility.items()}}
-        digest = self.stage.write_tensors(feature_file(scene_id), encode_features(stored), metadata)
+        tensors = encode_features(stored)
+        digest = self.stage.write_tensors(feature_file(scene_id), tensors, metadata)
         if self.cfg.export_openscene:
             from sas_ray.datasets.openscene import write_fused_features
 
@@ -203,8 +204,7 @@ class _TeacherRun:
             for k, chunk in enumerate(chunks):
                 write_fused_features(self.stage.url("openscene", f"{scene_id}_{k}.pt"), chunk,
                                      dict(self.cfg.storage.options))
-        nbytes = sum(t.numel() * t.element_size() for t in encode_features(stored).values())
-        return UnitResult.ok(scene_id, feature_file(scene_id), digest, nbytes,
+        return UnitResult.ok(scene_id, feature_file(scene_id), digest, tensor_bytes(tensors),
                              state.seconds + time.perf_counter() - start)
 
     def run(self) -> StageReport:

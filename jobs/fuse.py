@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
+from jobs.runtime import StageReport, ensure_ray, run_unit_tasks, scene_unit
 from sas_ray.capability_table import CAPABILITY_FILE, read_capabilities
 from sas_ray.capfusion import add_point_features, fuse_point_features, linear_point_features
 from sas_ray.config import FuseConfig
-from sas_ray.errors import ConfigError, InputError, SasError, unit_message
+from sas_ray.errors import ConfigError, InputError
 from sas_ray.features import FEATURES, encode_features, feature_file, read_full_features
 from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
 from sas_ray.scene import PointFeatures
-from sas_ray.storage import Manifest, Storage, UnitResult
+from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -105,19 +105,16 @@ def fuse_scene(out: Storage, scene_id: str, recipe: FusionRecipe) -> tuple[Point
 
 def _fuse_task(output: str, storage_options: dict, fused_name: str, scene_id: str,
                recipe: FusionRecipe) -> UnitResult:
-    start = time.perf_counter()
-    try:
+    def work() -> tuple[str, str, int]:
         out = Storage(output, storage_options)
         fused, text_space = fuse_scene(out, scene_id, recipe)
         tensors = encode_features(fused)
         metadata = {"teacher": fused_name, "teachers": json.dumps(list(recipe.teachers)), "method": recipe.method,
                     "text_space": text_space, "dim": str(fused.dim), "split": "full", "recipe": recipe.digest}
         name = feature_file(scene_id)
-        digest = out.child(FEATURES, fused_name).write_tensors(name, tensors, metadata)
-        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        return UnitResult.ok(scene_id, name, digest, nbytes, time.perf_counter() - start, recipe.digest)
-    except (SasError, OSError, ValueError) as err:
-        return UnitResult.failed(scene_id, unit_message(scene_id, err), time.perf_counter() - start, recipe.digest)
+        return name, out.child(FEATURES, fused_name).write_tensors(name, tensors, metadata), tensor_bytes(tensors)
+
+    return scene_unit(scene_id, recipe.digest, work)
 
 
 def scenes_with_features(out: Storage, teachers: list[str]) -> list[str]:

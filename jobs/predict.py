@@ -13,9 +13,9 @@ import time
 import numpy as np
 import torch
 
-from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
+from jobs.runtime import StageReport, ensure_ray, run_unit_tasks, scene_unit
 from sas_ray.config import PRESETS, PredictConfig, config_hash
-from sas_ray.errors import ConfigError, SasError, unit_message
+from sas_ray.errors import ConfigError
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.storage import Manifest, Storage, UnitResult
 
@@ -29,10 +29,10 @@ def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, te
     from sas_ray.distill.steps import predict_points
     from sas_ray.scene import PointFeatures
 
-    start = time.perf_counter()
     cfg = PredictConfig.model_validate(cfg)
     options = dict(cfg.storage.options)
-    try:
+
+    def work() -> tuple[str, str, int]:
         device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
         model = MinkUNet18A(3, out_channels)
         model.load_state_dict(weights)
@@ -47,10 +47,9 @@ def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, te
         name = feature_file(scene_id)
         digest = stage.write_tensors(name, encode_features(features),
                                      {"teacher": cfg.name, "text_space": text_space, "dim": str(out_channels)})
-        return UnitResult.ok(scene_id, name, digest, feat.numel() * 2, time.perf_counter() - start, cfg_hash)
-    except (SasError, OSError, ValueError) as err:
-        message = unit_message(scene_id, err)
-        return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
+        return name, digest, feat.numel() * 2
+
+    return scene_unit(scene_id, cfg_hash, work)
 
 
 def run_predict(cfg: PredictConfig, address: str | None = None) -> StageReport:

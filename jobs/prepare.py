@@ -11,30 +11,26 @@ import time
 import ray
 from tqdm import tqdm
 
-from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
+from jobs.runtime import UNIT_ERRORS, StageReport, ensure_ray, run_unit_tasks, scene_unit
 from sas_ray.config import DatasetConfig, PrepareConfig, config_hash
 from sas_ray.datasets import layout_module
 from sas_ray.datasets.frames import frame_index_table
-from sas_ray.errors import SasError, unit_message
 from sas_ray.prepared import FRAMES, INFO, SCENES, encode_scene, frame_rows_of, scene_file
-from sas_ray.storage import Manifest, Storage, UnitResult
+from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
 
 
 def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, cfg_hash: str) -> UnitResult:
-    start = time.perf_counter()
     dataset = DatasetConfig.model_validate(dataset)
     layout = layout_module(dataset.layout)
-    try:
+
+    def work() -> tuple[str, str, int]:
         scene = layout.read_scene(dataset.root, dataset.split, scene_id, options)
         rows = layout.frame_rows(dataset.root, dataset.split, scene_id, options)
         tensors, metadata = encode_scene(scene, rows)
-        stage = Storage(output, options).child(SCENES)
-        digest = stage.write_tensors(scene_file(scene_id), tensors, metadata)
-        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        return UnitResult.ok(scene_id, scene_file(scene_id), digest, nbytes, time.perf_counter() - start, cfg_hash)
-    except (SasError, OSError, ValueError, KeyError) as err:
-        message = unit_message(scene_id, err)
-        return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
+        digest = Storage(output, options).child(SCENES).write_tensors(scene_file(scene_id), tensors, metadata)
+        return scene_file(scene_id), digest, tensor_bytes(tensors)
+
+    return scene_unit(scene_id, cfg_hash, work, errors=(*UNIT_ERRORS, KeyError))
 
 
 def _generate_synthetic(dataset: DatasetConfig, options: dict, progress: bool) -> None:

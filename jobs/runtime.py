@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
 from tqdm import tqdm
+
+from sas_ray.errors import SasError, unit_message
+from sas_ray.storage import UnitResult
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -56,8 +60,6 @@ def run_unit_tasks(fn: Callable, units: list[tuple[str, tuple]], manifest, repor
                    progress: bool, num_cpus: float = 1) -> None:
     """One Ray task per unit (`fn(*args) -> UnitResult`), results recorded in `manifest` and `report` as they
     complete, with a progress bar."""
-    from sas_ray.storage import UnitResult
-
     remote = ray.remote(num_cpus=num_cpus)(fn)
     pending = {remote.remote(*args): unit for unit, args in units}
     with tqdm(total=len(pending), desc=desc, unit="scene", disable=not progress) as bar:
@@ -72,3 +74,18 @@ def run_unit_tasks(fn: Callable, units: list[tuple[str, tuple]], manifest, repor
             report.count(result)
             bar.update(1)
     manifest.flush()
+
+
+UNIT_ERRORS = (SasError, OSError, ValueError)  # bad input or storage: that unit fails, the stage goes on
+
+
+def scene_unit(scene_id: str, cfg_hash: str, work: Callable[[], tuple[str, str, int]],
+               errors: tuple[type[BaseException], ...] = UNIT_ERRORS) -> UnitResult:
+    """Run one scene's `work` (-> output path, sha256, bytes) into a manifest row; `errors` become an error row
+    naming the scene."""
+    start = time.perf_counter()
+    try:
+        path, digest, nbytes = work()
+    except errors as err:
+        return UnitResult.failed(scene_id, unit_message(scene_id, err), time.perf_counter() - start, cfg_hash)
+    return UnitResult.ok(scene_id, path, digest, nbytes, time.perf_counter() - start, cfg_hash)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 import torch
 
-from jobs.runtime import StageReport, ensure_ray, run_unit_tasks
+from jobs.runtime import StageReport, ensure_ray, run_unit_tasks, scene_unit
 from sas_ray.config import SuperpointsConfig, config_hash
-from sas_ray.errors import SasError, unit_message
+from sas_ray.errors import SasError
 from sas_ray.prepared import read_info, read_scene
 from sas_ray.storage import Manifest, Storage, UnitResult
 
@@ -32,19 +32,17 @@ def superpoint_ids(scene, cfg: SuperpointsConfig):
 
 
 def _superpoints_task(cfg: dict, scene_id: str, cfg_hash: str) -> UnitResult:
-    start = time.perf_counter()
     cfg = SuperpointsConfig.model_validate(cfg)
     options = dict(cfg.storage.options)
-    try:
+
+    def work() -> tuple[str, str, int]:
         ids = superpoint_ids(read_scene(Storage(cfg.prepared, options), scene_id), cfg)
-        stage = Storage(cfg.output, options).child(SUPERPOINTS)
         name = f"{scene_id}.safetensors"
-        digest = stage.write_tensors(name, {"superpoint_ids": torch.from_numpy(ids)},
-                                     {"scene": scene_id, "count": str(int(ids.max()) + 1)})
-        return UnitResult.ok(scene_id, name, digest, ids.nbytes, time.perf_counter() - start, cfg_hash)
-    except (SasError, OSError, ValueError) as err:
-        message = unit_message(scene_id, err)
-        return UnitResult.failed(scene_id, message, time.perf_counter() - start, cfg_hash)
+        digest = Storage(cfg.output, options).child(SUPERPOINTS).write_tensors(
+            name, {"superpoint_ids": torch.from_numpy(ids)}, {"scene": scene_id, "count": str(int(ids.max()) + 1)})
+        return name, digest, ids.nbytes
+
+    return scene_unit(scene_id, cfg_hash, work)
 
 
 def run_superpoints(cfg: SuperpointsConfig, address: str | None = None) -> StageReport:

@@ -174,6 +174,11 @@ class Storage:
             raise InputError(f"{self.url(rel)}: not valid JSON: {err}") from None
 
 
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Raw size of a tensor dict (what a manifest row records as `bytes`)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def load_tensors(blob: bytes, source: str) -> dict[str, torch.Tensor]:
     """Parse safetensors bytes; a corrupt blob is an InputError naming `source`."""
     try:
