@@ -11,13 +11,14 @@ import torch
 
 from actors import actor_device, actor_dtype
 from sas_ray.errors import SasError
+from sas_ray.faults import armed_fault
 from sas_ray.multiview import Views, Visibility, fuse_views
 from sas_ray.prepared import read_scene_points
 from sas_ray.storage import Storage
 
 class TeacherFusionActor:
     """Ray Data `map_batches` class: each input row is one group of frames of one scene (see jobs.extract), each
-    output row that group's partial: point_ids int64 [M], feat_sum float32 [M,C], count int32 [M] over the scene's
+    output row that group's partial: point_ids int64 [M], feat_sum float16 [M,C], count int32 [M] over the scene's
     num_points, or an `error` naming the scene and cause."""
 
     SCENE_CACHE = 2  # scenes whose points stay on the device (frames arrive grouped by scene)
@@ -36,6 +37,8 @@ class TeacherFusionActor:
         self.visibility = Visibility(**visibility)
         self.labelled_only = labelled_only
         self._scenes: OrderedDict[str, tuple[torch.Tensor, np.ndarray | None, int]] = OrderedDict()
+        self._fault = armed_fault("extract-actor")  # None unless a reliability test set $SAS_RAY_FAULT
+        self._frames_fused = 0
 
     def _scene(self, scene_id: str) -> tuple[torch.Tensor, np.ndarray | None, int]:
         """(points on the device, indices of the projected subset or None for all, total point count)."""
@@ -61,7 +64,8 @@ class TeacherFusionActor:
         point_ids = partial.point_ids.cpu().numpy()
         return {"num_points": num_points,
                 "point_ids": subset[point_ids] if subset is not None else point_ids,
-                "feat_sum": partial.feat_sum.cpu().numpy(), "count": partial.count.cpu().numpy()}
+                # fp16 in transit (the stored features are fp16): half the device-to-host copy and object bytes
+                "feat_sum": partial.feat_sum.half().cpu().numpy(), "count": partial.count.cpu().numpy()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {k: [] for k in ("scene", "group", "num_groups", "num_frames", "num_points",
@@ -70,13 +74,16 @@ class TeacherFusionActor:
             row = {k: v[i] for k, v in batch.items()}
             start = time.perf_counter()
             result = {"num_points": 0, "point_ids": np.zeros(0, np.int64),
-                      "feat_sum": np.zeros((0, self.teacher.dim), np.float32), "count": np.zeros(0, np.int32)}
+                      "feat_sum": np.zeros((0, self.teacher.dim), np.float16), "count": np.zeros(0, np.int32)}
             error = str(row["error"])
             if not error:
                 try:
                     result = self._fuse(row)
                 except (SasError, FileNotFoundError) as err:
                     error = f"{row['scene']}: {err}"
+                if self._fault is not None:
+                    self._frames_fused += int(row["num_frames"])
+                    self._fault.check(self._frames_fused)
             for key in ("scene", "group", "num_groups", "num_frames"):
                 out[key].append(row[key])
             for key, value in result.items():

@@ -1,8 +1,11 @@
 """Training-step throughput and peak memory of MinkUNet18A per sparse backend on synthetic ScanNet-size scenes.
 
-Prints one JSON line per run and appends it to docs/perf/distill.jsonl. Scenes are random room-like point sets
-(floor, walls, boxes) of --points points voxelized at --voxel metres; one step = forward, stage-1 loss, backward,
-Adam step, on a batch of --batch scenes.
+Prints one JSON line per variant and appends them to docs/perf/distill.jsonl. Scenes are random room-like point
+sets (floor, walls, boxes) of --points points voxelized at --voxel metres; one step = forward, stage-1 loss,
+backward, Adam step, on a batch of --batch scenes. Variants, measured one after the other in one process:
+- `full-head`: the 1x1 head over every voxel, then the loss's 20k subset picked from it (as OpenScene/SAS);
+- `subset-head`: the head only on the loss's voxels (same loss, same gradients);
+- `subset-head-fp16`: that under fp16 autocast with loss scaling (CUDA only; the training default there).
 
     python benchmarks/distill.py --device cuda --backend spconv --points 150000 --batch 8 --steps 20
 """
@@ -20,7 +23,8 @@ import torch
 from sas_ray.distill.backends import get_backend
 from sas_ray.distill.batch import SceneSample, collate, voxelize_scene
 from sas_ray.distill.minkunet import MinkUNet18A
-from sas_ray.distill.steps import forward, stage1_loss
+from sas_ray.distill.losses import SUPERVISION_LIMIT
+from sas_ray.distill.steps import forward, stage1_loss, stage1_rows, stage1_step
 from sas_ray.scene import PointFeatures
 
 
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--voxel", type=float, default=0.02)
     parser.add_argument("--out", default="docs/perf/distill.jsonl")
+    parser.add_argument("--variants", nargs="*", help="default: full-head subset-head (+ subset-head-fp16 on CUDA)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -57,9 +62,24 @@ def main() -> None:
     scenes = [synthetic_scene(args.points, args.dim, rng, i) for i in range(args.batch)]
     batches = [collate([voxelize_scene(s, args.voxel, rng, train=True) for s in scenes], rng)
                for _ in range(min(args.steps + args.warmup, 3))]
+    variants = args.variants or (["full-head", "subset-head"] + (["subset-head-fp16"] if device.type == "cuda" else []))
+    for variant in variants:
+        line = json.dumps(measure(variant, backend, batches, device, args))
+        print(line, flush=True)
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+def measure(variant: str, backend, batches: list, device: torch.device, args) -> dict:
+    torch.manual_seed(0)
     model = MinkUNet18A(3, args.dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    amp = variant.endswith("fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    generator = torch.Generator().manual_seed(0)
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     losses, start = [], None
     for step in range(args.warmup + args.steps):
@@ -68,25 +88,25 @@ def main() -> None:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
         batch = batches[step % len(batches)]
-        loss, _ = stage1_loss(forward(model, backend, batch, device), batch)
+        if variant == "full-head":
+            rows = stage1_rows(batch, SUPERVISION_LIMIT, generator)
+            loss, _ = stage1_loss(forward(model, backend, batch, device)[rows[0].to(device)], batch, rows)
+        else:
+            loss, _ = stage1_step(model, backend, batch, device, generator, SUPERVISION_LIMIT, amp)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(float(loss.item()))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    result = {"benchmark": "distill_step", "backend": backend.name, "device": str(device),
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "points_per_scene": args.points, "batch": args.batch, "voxels_per_batch": int(batches[0].coords.shape[0]),
-              "dim": args.dim, "steps": args.steps, "steps_per_s": args.steps / seconds,
-              "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
-              "loss_first": losses[0], "loss_last": losses[-1]}
-    line = json.dumps(result)
-    print(line)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(line + "\n")
+    return {"benchmark": "distill_step", "variant": variant, "backend": backend.name, "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "points_per_scene": args.points, "batch": args.batch, "voxels_per_batch": int(batches[0].coords.shape[0]),
+            "dim": args.dim, "steps": args.steps, "steps_per_s": args.steps / seconds,
+            "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+            "loss_first": losses[0], "loss_last": losses[-1]}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Extraction with two 2D teachers on N GPUs: each teacher's actors pinned to their own GPU(s) (num_gpus=1), or
 sharing one GPU (0.5 each) when N = 1. Reports frames/s (frames x teachers), scaling efficiency against the
-1-GPU run of the same work folder, per-GPU utilisation, and whether the outputs equal the 1-GPU run's.
+1-GPU run of the same work folder (end to end, and steady: between the first and last finished scene), per-GPU
+utilisation, and whether the outputs equal the 1-GPU run's.
 
 Run once per GPU count, 1 first (CUDA_VISIBLE_DEVICES selects the GPUs):
     CUDA_VISIBLE_DEVICES=0   python -m benchmarks.extract_multigpu --gpus 1 --work /tmp/mg
@@ -47,6 +48,19 @@ class GpuUtilisation(Sampler):
         return [round(sum(col) / len(col), 1) for col in zip(*self.samples)] if self.samples else []
 
 
+def steady_frames_per_s(output: Storage, teachers: list[str], frames_per_scene: int) -> float:
+    """Teacher-frames/s between each teacher's first and last finished scene (feature files' modification
+    times), summed over teachers: throughput without the start-up (Ray Data, actors, checkpoint loads)."""
+    total = 0.0
+    for teacher in teachers:
+        folder = output.child("features", teacher)
+        times = sorted(os.path.getmtime(os.path.join(folder.root, name)) for name in folder.list()
+                       if name.endswith(".safetensors"))  # the work folder is local
+        if len(times) > 1 and times[-1] > times[0]:
+            total += (len(times) - 1) * frames_per_scene / (times[-1] - times[0])
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, required=True)
@@ -84,10 +98,12 @@ def main() -> None:
         seconds = time.perf_counter() - start
     assert all(r.failed == 0 for r in reports), [r.summary() for r in reports]
     fps = 2 * frames / seconds
+    steady = steady_frames_per_s(Storage(output), [t["output_name"] for t in teachers], args.frames)
     result = {"benchmark": "extract_multigpu", "device": torch.cuda.get_device_name(), "gpus": args.gpus,
               "teachers": 2, "teacher": f"openclip-dense {args.arch} fp16", "actors_per_teacher": per_teacher,
               "gpus_per_actor": gpus_per_actor, "scenes": args.scenes, "frames_per_scene": args.frames,
-              "teacher_frames_per_s": round(fps, 2), "seconds": round(seconds, 1),
+              "teacher_frames_per_s": round(fps, 2), "steady_teacher_frames_per_s": round(steady, 2),
+              "seconds": round(seconds, 1),
               "gpu_utilisation_pct": utilisation.mean()}
     baseline_file = f"{args.work}/g1.json"
     if args.gpus == 1:
@@ -95,8 +111,9 @@ def main() -> None:
             json.dump(result, f)
     elif os.path.exists(baseline_file):
         with open(baseline_file) as f:
-            base_fps = json.load(f)["teacher_frames_per_s"]
-        result["scaling_efficiency"] = round(fps / (args.gpus * base_fps), 3)
+            base = json.load(f)
+        result["scaling_efficiency"] = round(fps / (args.gpus * base["teacher_frames_per_s"]), 3)
+        result["steady_scaling_efficiency"] = round(steady / (args.gpus * base["steady_teacher_frames_per_s"]), 3)
         worst = 0.0
         masks_equal = True
         for scene in read_info(prepared)["scenes"]:

@@ -187,7 +187,8 @@ def train_loop_per_worker(config: dict) -> None:
     from sas_ray.distill.checkpoint import load_training_state, read_model, save_training_state
     from sas_ray.distill.history import PredictionHistory, scene_assignment, steps_per_epoch
     from sas_ray.distill.minkunet import MinkUNet18A
-    from sas_ray.distill.steps import forward, learning_rate, stage1_loss, stage2_loss, update_history
+    from sas_ray.distill.steps import learning_rate, stage1_step, stage2_step
+    from sas_ray.faults import armed_fault
 
     cfg = DistillConfig.model_validate(config["cfg"])
     stage, scenes, voxel_size = config["stage"], config["scenes"], config["voxel_size"]
@@ -201,6 +202,8 @@ def train_loop_per_worker(config: dict) -> None:
     output = Storage(cfg.output, options)
 
     model = MinkUNet18A(3, config["dim"]).to(device)
+    amp = cfg.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)  # fp16 gradients: loss scaling against underflow
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
     progress = {"step": 0, "epoch": 0, "epoch_step": 0, "consumed": 0, "finished": False, "losses": []}
     checkpoint = ray.train.get_checkpoint()
@@ -233,6 +236,7 @@ def train_loop_per_worker(config: dict) -> None:
     loader = _batch_loader(cfg, stage, voxel_size, [cfg.seed, rank, progress["step"]])
     generator = torch.Generator().manual_seed(cfg.seed + rank)
     done_here = 0
+    fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
     stop = stage_cfg.max_steps or float("inf")
 
     def report(loss: float) -> None:
@@ -259,21 +263,23 @@ def train_loop_per_worker(config: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg.base_lr, progress["consumed"] / planned, progress["step"] == 0,
                                                 global_batch, cfg.lr_reference_batch, cfg.lr_x10_quirk)
-                pred = forward(model, backend, batch, device)
                 if stage == "stage1":
-                    loss, _ = stage1_loss(pred, batch, generator)
+                    loss, _ = stage1_step(model, backend, batch, device, generator, cfg.supervision_limit, amp)
                 else:
-                    ema = update_history(pred, batch, history, cfg.ema_momentum)
-                    loss, _ = stage2_loss(pred, batch, ema, text, generator)
+                    loss, _ = stage2_step(model, backend, batch, device, history, cfg.ema_momentum, text, generator,
+                                          cfg.supervision_limit, amp)
                 optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 progress["step"] += 1
                 progress["consumed"] += global_batch
                 progress["epoch_step"] += 1
                 progress["epoch_consumed"] = progress["epoch_step"] * global_batch
                 progress["losses"].append((progress["step"], float(loss.item())))
                 done_here += 1
+                if fault is not None:
+                    fault.check(progress["step"])
                 if progress["epoch_step"] == per_epoch:
                     progress["epoch"], progress["epoch_step"], progress["epoch_consumed"] = progress["epoch"] + 1, 0, 0
                 at_end = progress["epoch"] >= stage_cfg.epochs or progress["step"] >= stop

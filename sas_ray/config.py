@@ -292,6 +292,7 @@ class DistillConfig(Strict):
     lr_x10_quirk: bool = True  # OpenScene/SAS's index_split=0: every step after the first runs at 10x poly lr
     voxel_size: float | None = Field(None, gt=0)  # default: the preset's (0.02 indoor, 0.05 nuScenes)
     supervision_limit: int = Field(20000, ge=1)  # voxels per worker batch entering the loss (random subset)
+    mixed_precision: bool = True  # fp16 autocast + loss scaling on CUDA (about half the memory); off on CPU
     ema_momentum: float = Field(0.9999, gt=0, lt=1)
     backend: SparseBackendName = "auto"
     num_workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers; min < max = elastic

@@ -128,8 +128,10 @@ class MinkUNet18A(nn.Module):
         self.block8 = _layer(p[7] + INIT_DIM, p[7], LAYERS[7])
         self.final = SparseConv(p[7], out_channels, 1)
 
-    def forward(self, x: SparseTensor) -> torch.Tensor:
-        """[V, out_channels] features in the row order of the input voxels."""
+    def forward(self, x: SparseTensor, rows: torch.Tensor | None = None, with_trunk: bool = False):
+        """[V, out_channels] features in the row order of the input voxels; only voxels `rows` when given (the
+        1x1 head is pointwise, so a loss over a 20k subset need not hold V x 512 outputs and their gradients).
+        `with_trunk` also returns the [V, 96] features the head reads (for outputs needed without gradients)."""
         out_p1 = relu(self.bn0(self.conv0p1s1(x)))
         out_b1p2 = self.block1(relu(self.bn1(self.conv1p1s2(out_p1))))
         out_b2p4 = self.block2(relu(self.bn2(self.conv2p2s2(out_b1p2))))
@@ -139,7 +141,13 @@ class MinkUNet18A(nn.Module):
         out = self.block6(cat(relu(self.bntr5(self.convtr5p8s2(out))), out_b2p4))
         out = self.block7(cat(relu(self.bntr6(self.convtr6p4s2(out))), out_b1p2))
         out = self.block8(cat(relu(self.bntr7(self.convtr7p2s2(out))), out_p1))
-        return self.final(out).feats
+        trunk = out.feats
+        pred = self.head(trunk if rows is None else trunk[rows])
+        return (pred, trunk) if with_trunk else pred
+
+    def head(self, trunk: torch.Tensor) -> torch.Tensor:
+        """The final 1x1 convolution (no bias, as OpenScene's) on trunk feature rows."""
+        return trunk @ self.final.kernel.to(trunk.dtype)
 
 
 def load_openscene_state_dict(model: MinkUNet18A, state_dict: Mapping[str, torch.Tensor], source: str) -> None:

@@ -114,6 +114,13 @@ def strided_coords(coords: torch.Tensor, stride: int) -> torch.Tensor:
     return torch.unique(out, dim=0)
 
 
+def compute_dtype(feats: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution of `feats` computes in: autocast's when it is on for their device (mixed precision),
+    else their own."""
+    device = feats.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else feats.dtype
+
+
 class TorchBackend:
     """Pure-PyTorch gather/matmul/scatter sparse convolution (module docstring)."""
 
@@ -153,7 +160,7 @@ class TorchBackend:
         key = ("conv", x.stride, out_stride, kernel_size)
         if key not in x.context.kernel_maps:
             x.context.kernel_maps[key] = self._pairs(out, source, kernel_size, x.stride)
-        feats = x.feats.new_zeros(len(out), weight.shape[-1])
+        feats = x.feats.new_zeros(len(out), weight.shape[-1], dtype=compute_dtype(x.feats))
         for w, (out_rows, in_rows) in zip(weight, x.context.kernel_maps[key]):
             feats.index_add_(0, out_rows, x.feats[in_rows] @ w)
         return SparseTensor(out.coords, feats, out_stride, x.context)
@@ -167,7 +174,7 @@ class TorchBackend:
         key = ("transpose", x.stride, out_stride, kernel_size)
         if key not in x.context.kernel_maps:
             x.context.kernel_maps[key] = self._pairs(source, out, kernel_size, out_stride)
-        feats = x.feats.new_zeros(len(out), weight.shape[-1])
+        feats = x.feats.new_zeros(len(out), weight.shape[-1], dtype=compute_dtype(x.feats))
         for w, (in_rows, out_rows) in zip(weight, x.context.kernel_maps[key]):
             feats.index_add_(0, out_rows, x.feats[in_rows] @ w)
         return SparseTensor(out.coords, feats, out_stride, x.context)

@@ -36,7 +36,7 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch import ops as spconv_ops
 from spconv.pytorch.conv import SparseConvolutionBase
 
-from sas_ray.distill.sparse import Context, SparseTensor
+from sas_ray.distill.sparse import Context, SparseTensor, compute_dtype
 from sas_ray.errors import ConfigError
 
 GRID_ALIGN = 64  # largest tensor stride supported (MinkUNet reaches 16)
@@ -119,9 +119,10 @@ class SpconvBackend:
     def _run(self, x: SparseTensor, level: Level, weight: torch.Tensor, kernel_size: int, kind: str, key: str):
         grid: Grid = x.context.native
         op = self._conv_op(kind, weight.shape[1], weight.shape[2], kernel_size, key, x.feats.device)
-        source = SparseConvTensor(x.feats.contiguous(), level.indices, level.spatial_shape, grid.batch_size,
-                                  indice_dict=grid.indice_dict)
-        out = op._conv_forward(torch.is_grad_enabled(), source, spconv_weight(weight, kernel_size), None)
+        dtype = compute_dtype(x.feats)  # spconv's autograd functions are not autocast-aware: cast here
+        source = SparseConvTensor(x.feats.to(dtype).contiguous(), level.indices, level.spatial_shape,
+                                  grid.batch_size, indice_dict=grid.indice_dict)
+        out = op._conv_forward(torch.is_grad_enabled(), source, spconv_weight(weight.to(dtype), kernel_size), None)
         grid.indice_dict = out.indice_dict
         return out
 

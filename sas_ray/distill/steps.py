@@ -27,24 +27,46 @@ def learning_rate(base_lr: float, progress: float, first_step: bool, global_batc
     return lr * (10.0 if x10_quirk else 1.0) * max(0.0, 1.0 - progress) ** POLY_POWER
 
 
-def forward(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: torch.device) -> torch.Tensor:
-    """[V,C] per-voxel predictions for the batch's voxels."""
-    x = backend.sparse_tensor(batch.coords.to(device), batch.input_features().to(device))
-    return model(x)
+def forward(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: torch.device,
+            rows: torch.Tensor | None = None, mixed_precision: bool = False, with_trunk: bool = False):
+    """[V,C] per-voxel predictions for the batch's voxels (only `rows` when given; see `MinkUNet18A.forward`).
+    `mixed_precision` runs the network under fp16 autocast on CUDA (ignored elsewhere); outputs come in the
+    parameters' dtype."""
+    dtype = next(model.parameters()).dtype
+    x = backend.sparse_tensor(batch.coords.to(device), batch.input_features().to(device, dtype))
+    rows = None if rows is None else rows.to(device)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision and device.type == "cuda"):
+        out = model(x, rows, with_trunk)
+    return (out[0].to(dtype), out[1]) if with_trunk else out.to(dtype)
 
 
-def stage1_loss(pred: torch.Tensor, batch: Batch, generator: torch.Generator | None = None
+def stage1_rows(batch: Batch, limit: int = SUPERVISION_LIMIT, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(voxel rows, rows of `batch.target`) entering the stage-1 loss: the supervised voxels, a random `limit`
+    of them if more (SAS)."""
+    voxels = batch.supervised.nonzero().squeeze(1)
+    subset = random_subset(voxels.shape[0], limit, generator)
+    if subset is None:
+        return voxels, torch.arange(voxels.shape[0])
+    return voxels[subset], subset
+
+
+def stage1_loss(pred: torch.Tensor, batch: Batch, rows: tuple[torch.Tensor, torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """SAS superpoint distillation on the supervised voxels (random 20k subset if more): L_p + L_sp."""
-    device = pred.device
-    mask = batch.supervised.to(device)
-    pred, target, superpoints = pred[mask], batch.target.to(device), batch.superpoints.to(device)[mask]
-    subset = random_subset(pred.shape[0], SUPERVISION_LIMIT, generator)
-    if subset is not None:
-        subset = subset.to(device)
-        pred, target, superpoints = pred[subset], target[subset], superpoints[subset]
+    """SAS superpoint distillation, L_p + L_sp, for the predictions `pred` [S,C] of the voxels `stage1_rows` chose."""
+    voxels, targets = rows
+    target = batch.target[targets].to(pred.device)
+    superpoints = batch.superpoints[voxels].to(pred.device)
     loss_point, loss_superpoint = superpoint_losses(pred, target.float(), superpoints)
     return loss_point + loss_superpoint, {"loss_point": loss_point.item(), "loss_superpoint": loss_superpoint.item()}
+
+
+def stage1_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: torch.device,
+                generator: torch.Generator | None = None, limit: int = SUPERVISION_LIMIT,
+                mixed_precision: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 1's loss for one batch; the network's head runs on the loss's voxels only."""
+    rows = stage1_rows(batch, limit, generator)
+    return stage1_loss(forward(model, backend, batch, device, rows[0], mixed_precision), batch, rows)
 
 
 def update_history(pred: torch.Tensor, batch: Batch, history: PredictionHistory, momentum: float) -> torch.Tensor:
@@ -60,15 +82,24 @@ def update_history(pred: torch.Tensor, batch: Batch, history: PredictionHistory,
         return ema[batch.representatives.to(pred.device)]
 
 
-def stage2_loss(pred: torch.Tensor, batch: Batch, ema: torch.Tensor, text: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """SAS self-distillation over all voxels (random 20k subset if more): CE to superpoint pseudo labels."""
-    superpoints = batch.superpoints.to(pred.device)
-    subset = random_subset(pred.shape[0], SUPERVISION_LIMIT, generator)
-    if subset is not None:
-        subset = subset.to(pred.device)
-        pred, ema, superpoints = pred[subset], ema[subset], superpoints[subset]
-    loss_point, loss_superpoint = self_distillation_losses(pred, ema, superpoints, text.to(pred.device))
+def stage2_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: torch.device,
+                history: PredictionHistory, momentum: float, text: torch.Tensor,
+                generator: torch.Generator | None = None, limit: int = SUPERVISION_LIMIT,
+                mixed_precision: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """SAS self-distillation for one batch: every voxel's prediction (without gradients) updates the EMA history;
+    CE to superpoint pseudo labels over all voxels, a random `limit` of them if more (the head's gradients only
+    there)."""
+    count = batch.coords.shape[0]
+    subset = random_subset(count, limit, generator)
+    rows = torch.arange(count) if subset is None else subset
+    pred, trunk = forward(model, backend, batch, device, rows, mixed_precision, with_trunk=True)
+    with torch.no_grad():
+        head = getattr(model, "module", model).head
+        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision and device.type == "cuda"):
+            every = head(trunk.detach()).float()
+        ema = update_history(every, batch, history, momentum)[rows.to(device)]
+    superpoints = batch.superpoints[rows].to(device)
+    loss_point, loss_superpoint = self_distillation_losses(pred, ema, superpoints, text.to(device))
     return loss_point + loss_superpoint, {"loss_point": loss_point.item(), "loss_superpoint": loss_superpoint.item()}
 
 

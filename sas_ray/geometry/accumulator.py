@@ -45,7 +45,8 @@ def sample_features(feature_map: torch.Tensor, rows: torch.Tensor, cols: torch.T
 @dataclass(frozen=True, eq=False)
 class ScenePartial:
     """A sparse slice of a scene's fusion state, what a worker ships after its frames: num_points N of the scene;
-    point_ids int64 [M] (ascending, unique when made by `FeatureAccumulator.partial`); feat_sum float32 [M,C];
+    point_ids int64 [M] (ascending, unique when made by `FeatureAccumulator.partial`); feat_sum float32 [M,C]
+    (float16 in transit between extraction actors and the driver);
     count int32 [M] views per point."""
 
     num_points: int
@@ -61,7 +62,7 @@ class ScenePartial:
         [N,C] state (point_ids must be ascending and unique, as `FeatureAccumulator.partial` makes them)."""
         mask_full = torch.zeros(self.num_points, dtype=torch.bool, device=self.point_ids.device)
         mask_full[self.point_ids] = True
-        feat = self.feat_sum / self.count.to(torch.float32).unsqueeze(1)
+        feat = self.feat_sum.float() / self.count.to(torch.float32).unsqueeze(1)
         return PointFeatures(feat=feat.to(torch.float16), mask_full=mask_full)
 
 
@@ -120,7 +121,7 @@ class FeatureAccumulator:
         return PointFeatures(feat=feat.to(torch.float16), mask_full=mask_full)
 
     def _add_sparse(self, point_ids: torch.Tensor, feat_sum: torch.Tensor, count: torch.Tensor) -> None:
-        self.feat_sum.index_add_(0, point_ids, feat_sum)
+        self.feat_sum.index_add_(0, point_ids, feat_sum.to(self.feat_sum.dtype))
         self.count.index_add_(0, point_ids, count.to(torch.int32))
 
 
