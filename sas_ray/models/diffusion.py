@@ -26,6 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sas_ray.errors import ConfigError, InputError
 from sas_ray.models.base import check_weights_choice
+from sas_ray.models.diffusion_fast import accelerate
 from sas_ray.models.weights import load_into, match_prefix, read_checkpoint
 
 PROMPT = "a good photo of a {} in a room"  # SAS generate_any_class.py
@@ -209,16 +210,24 @@ def coarse_mask(maps: dict[int, torch.Tensor], positions: list[int], size: tuple
 
 
 class DiffusionGenerator:
-    """Stable Diffusion that returns images and SAS coarse masks for (class name, seed) pairs."""
+    """Stable Diffusion that returns images and SAS coarse masks for (class name, seed) pairs.
+
+    `fast` (default: on CUDA) prepares the pipeline once with `diffusion_fast.accelerate` (fused projections, SDPA
+    in every layer with capture on the side, `channels_last`, `compile_mode`); otherwise every cross-attention runs
+    diffusers' reference processor with `CapturingCrossAttention` and the rest SDPA."""
 
     def __init__(self, weights: str | None = None, *, tiny: bool = False, device="cpu", dtype=torch.float32,
                  storage_options: dict | None = None, steps: int = STEPS, guidance: float = GUIDANCE,
-                 image_size: int | None = None, arch: str = "sd15", seed: int = 0):
+                 image_size: int | None = None, arch: str = "sd15", seed: int = 0, fast: bool | None = None,
+                 channels_last: bool = False, compile_mode: str | None = None):
         self.pipe = build_pipeline(weights, tiny=tiny, device=device, dtype=dtype,
                                    storage_options=storage_options, arch=arch, seed=seed)
         self.steps = steps
         self.guidance = guidance
         self.image_size = image_size or 8 * self.pipe.unet.config.sample_size
+        fast = self.pipe.device.type == "cuda" if fast is None else fast
+        self.capture = (accelerate(self.pipe, channels_last=channels_last, compile_mode=compile_mode) if fast
+                        else None)
 
     @torch.inference_mode()
     def generate(self, class_names: list[str], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -226,17 +235,7 @@ class DiffusionGenerator:
         if len(class_names) != len(seeds) or not class_names:
             raise ValueError(f"need one seed per class name, got {len(class_names)} names and {len(seeds)} seeds")
         prompts = [PROMPT.format(name) for name in class_names]
-        latent = self.image_size // self.pipe.vae_scale_factor
-        store = CrossAttentionStore(len(prompts), (latent, latent))
-        unet = self.pipe.unet
-        fast = AttnProcessor2_0()
-        unet.set_attn_processor({name: CapturingCrossAttention(store) if name.endswith("attn2.processor") else fast
-                                 for name in unet.attn_processors})
-        images = self.pipe(prompts, height=self.image_size, width=self.image_size, num_inference_steps=self.steps,
-                           guidance_scale=self.guidance, output_type="pt",
-                           generator=[torch.Generator().manual_seed(s) for s in seeds]).images
-        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        maps = store.maps()
+        images, maps = self.sample(prompts, seeds)
         size = (self.image_size, self.image_size)
         masks = np.stack([
             coarse_mask({f: m[i] for f, m in maps.items()},
@@ -244,3 +243,22 @@ class DiffusionGenerator:
                         divisors=(8,) if name in EIGHTH_RESOLUTION_CLASSES else (4, 2, 1))
             for i, (prompt, name) in enumerate(zip(prompts, class_names))])
         return images, masks
+
+    @torch.inference_mode()
+    def sample(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, dict[int, torch.Tensor]]:
+        """-> images uint8 [N, S, S, 3] and the captured cross-attention maps {divisor: [N, h, w, tokens]}."""
+        latent = self.image_size // self.pipe.vae_scale_factor
+        if self.capture is None:
+            store = CrossAttentionStore(len(prompts), (latent, latent))
+            unet = self.pipe.unet
+            sdpa = AttnProcessor2_0()
+            unet.set_attn_processor({name: CapturingCrossAttention(store) if name.endswith("attn2.processor")
+                                     else sdpa for name in unet.attn_processors})
+        else:
+            store = self.capture
+            store.reset(len(prompts), (latent, latent), self.pipe.tokenizer.model_max_length, self.pipe.device)
+        images = self.pipe(prompts, height=self.image_size, width=self.image_size, num_inference_steps=self.steps,
+                           guidance_scale=self.guidance, output_type="pt",
+                           generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return images, store.maps()

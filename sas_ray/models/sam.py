@@ -22,6 +22,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from sas_ray.errors import ConfigError, InputError
 from sas_ray.models.base import check_weights_choice
+from sas_ray.models.sam_fast import FastImageEncoder
 from sas_ray.models.weights import load_into, read_checkpoint
 
 SAM_ARCHS = ("vit_h", "vit_l", "vit_b")
@@ -116,14 +117,22 @@ def _farthest_from_background(mask: np.ndarray) -> tuple[int, int]:
 
 
 class SamRefiner:
-    """Promptable SAM turning a coarse mask into a pseudo ground-truth mask (SPEC §5.4)."""
+    """Promptable SAM turning a coarse mask into a pseudo ground-truth mask (SPEC §5.4).
+
+    `fast` (default: on CUDA) runs the image encoder through `FastImageEncoder` (SDPA attention, its weights cast to
+    `dtype` in place, relative positions as `rel_pos`), compiled with `compile_mode` if given (None: eager)."""
 
     def __init__(self, weights: str | None = None, *, tiny: bool = False, device="cpu", dtype=torch.float32,
-                 storage_options: dict | None = None, arch: str = "vit_h", border: int = 70, min_area: int = 10):
+                 storage_options: dict | None = None, arch: str = "vit_h", border: int = 70, min_area: int = 10,
+                 fast: bool | None = None, rel_pos: str = "mask", compile_mode: str | None = None):
         self.device = torch.device(device)
         self.dtype = dtype
-        self.predictor = SamPredictor(load_sam(arch, weights, tiny=tiny, device=self.device,
-                                               storage_options=storage_options))
+        sam = load_sam(arch, weights, tiny=tiny, device=self.device, storage_options=storage_options)
+        if fast or (fast is None and self.device.type == "cuda"):
+            sam.image_encoder = FastImageEncoder(sam.image_encoder, dtype=dtype, rel_pos=rel_pos)
+            if compile_mode is not None:
+                sam.image_encoder.compile(mode=compile_mode)
+        self.predictor = SamPredictor(sam)
         self.border = border
         self.min_area = min_area
 
