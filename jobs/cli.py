@@ -22,8 +22,14 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("jobs.evaluate:main", "per-class mIoU/mAcc tables, confusion PNG, label and text-query PLY/PNG"),
     "run": ("jobs.run:main", "several stages from one YAML (keys = stage names), in order -> {output}/report.md"),
     "demo": ("jobs.run:demo", "the chain on synthetic rooms with tiny models on the CPU (no distill/predict)"),
+    "study": ("jobs.study:main", "the SAS ablation on synthetic rooms with simulated teachers -> docs/study.md"),
 }
 NO_CONFIG = {"demo"}  # commands whose config is built in; they take --output instead
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module:function adding its arguments and `run` handler, one-line help)
+    "submit": ("jobs.submit:add_submit_command", "a stage on a Ray cluster via the Ray Jobs API, running this checkout's code"),
+    "job": ("jobs.submit:add_job_command", "a submitted job's status, logs (--follow) or stop; `list`: the cluster's jobs"),
+}
 
 EPILOG = """Every stage is resumable: rerunning the same command skips units whose manifest row is ok and whose
 output hash still matches. Outputs go to the config's `output` URL (a local path, s3://bucket/prefix, memory://).
@@ -81,13 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set dataset.scenes=[scene0000_00]")
         p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    for name, (target, help_text) in COMMANDS.items():
+        _resolve(target)(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    target, _ = STAGES[args.stage]
     try:
+        if args.stage in COMMANDS:
+            return args.run(args)
+        target, _ = STAGES[args.stage]
         source = args.output if args.stage in NO_CONFIG else args.config
         report = _resolve(target)(source, args.set, args.address)
     except SasError as err:
