@@ -111,7 +111,8 @@ def main() -> None:
 
     os.environ.update(NCCL_SAFE)
     ray.init(address="local", include_dashboard=False, num_cpus=4 if args.cpu else None, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {**NCCL_SAFE, "PYTHONPATH": os.getcwd()}})
+             runtime_env={"env_vars": {**NCCL_SAFE, "PYTHONPATH": os.pathsep.join(
+                 p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}})
     gpu = "cpu" if args.cpu else torch.cuda.get_device_name(0)
     for variant in args.variants:
         base = None

@@ -109,7 +109,7 @@ class GenerationBench:
             torch.cuda.empty_cache()
         if mode:
             torch._dynamo.reset()
-        generator = self.generator(fast=True, channels_last=name == "fast+cl", compile_mode=mode or None)
+        generator = self.generator(fast=True, channels_last=name == "fast+cl", compile_mode=mode or "eager")
         compile_s = None
         if mode:  # compile on a short call: shapes are those of the timed calls
             generator.steps = 2

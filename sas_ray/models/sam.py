@@ -124,7 +124,7 @@ class SamRefiner:
 
     def __init__(self, weights: str | None = None, *, tiny: bool = False, device="cpu", dtype=torch.float32,
                  storage_options: dict | None = None, arch: str = "vit_h", border: int = 70, min_area: int = 10,
-                 fast: bool | None = None, rel_pos: str = "mask", compile_mode: str | None = None):
+                 fast: bool | None = None, rel_pos: str = "fold", compile_mode: str | None = None):
         self.device = torch.device(device)
         self.dtype = dtype
         sam = load_sam(arch, weights, tiny=tiny, device=self.device, storage_options=storage_options)
