@@ -91,3 +91,13 @@ def test_demo_config_moves_every_path_under_output(tmp_path):
     assert cfg.evaluate.max_ply_scenes == 1 and cfg.fuse.method == "capability"
     assert "out/demo" not in str(demo_config(out).model_dump())
     assert parse_config(yaml.safe_load(DEMO_CONFIG.read_text()), PipelineConfig).output == "out/demo"
+
+
+@pytest.mark.parametrize("name", ["scannet", "matterport", "nuscenes"])
+def test_dataset_configs_parse_with_every_stage(name):
+    cfg = parse_config(yaml.safe_load((DEMO_CONFIG.parent / f"{name}.yaml").read_text()), PipelineConfig)
+    assert [stage for stage, _ in cfg.stages()] == ["prepare", "extract", "capability", "fuse", "superpoints",
+                                                    "distill", "predict", "evaluate"]
+    assert cfg.prepare.dataset.layout == name and not cfg.prepare.dataset.synthetic
+    assert all(t.weights and not t.tiny and t.gpus == 1 for t in cfg.extract.teachers)
+    assert cfg.distill.use_gpu and cfg.distill.num_workers[0] < cfg.distill.num_workers[1]
