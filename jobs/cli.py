@@ -71,13 +71,14 @@ def _resolve(target: str) -> Callable:
     return getattr(__import__(module, fromlist=[func]), func)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; only the `selected` command's module is imported (for its full help and arguments)."""
     parser = argparse.ArgumentParser(
         prog="sas-ray", description="Open-vocabulary 3D scene segmentation (SAS) over whole datasets on Ray.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, (target, help_text) in STAGES.items():
-        doc = (_resolve(target).__doc__ or help_text).strip()
+        doc = ((_resolve(target).__doc__ if name == selected else None) or help_text).strip()
         p = sub.add_parser(name, help=help_text, description=doc, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name in NO_CONFIG:
@@ -88,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. --set dataset.scenes=[scene0000_00]")
         p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     for name, (target, help_text) in COMMANDS.items():
-        _resolve(target)(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            _resolve(target)(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     try:
         if args.stage in COMMANDS:
             return args.run(args)

@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core CI: many small ops in several processes, no oversubscription
 
-import sas_ray  # noqa: E402,F401  (applies the CPU torchvision shim before any test imports torchvision)
+import sas_ray.models  # noqa: E402,F401  (applies the CPU torchvision shim before any test imports torchvision)
 
 
 def _free_port() -> int:
