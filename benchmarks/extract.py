@@ -25,7 +25,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-import sas_ray  # noqa: E402,F401
+import sas_ray.models  # noqa: E402,F401  (the CPU torchvision shim)
 from jobs.extract import run_extract  # noqa: E402
 from jobs.prepare import run_prepare  # noqa: E402
 from sas_ray.config import ExtractConfig, PrepareConfig, parse_config  # noqa: E402
@@ -36,10 +36,10 @@ from sas_ray.reference import reference_fusion  # noqa: E402
 from sas_ray.storage import Storage  # noqa: E402
 
 
-def build_dataset(work: str, base_scenes: int, unique_views: int, points: int) -> Storage:
+def build_dataset(work: str, base_scenes: int, unique_views: int, points: int, size: str = "real") -> Storage:
     cfg = parse_config({"dataset": {"layout": "scannet", "root": f"{work}/raw", "split": "val",
                                     "synthetic": {"num_scenes": base_scenes, "frames_per_scene": unique_views,
-                                                  "size": "real", "points_per_scene": points, "seed": 0}},
+                                                  "size": size, "points_per_scene": points, "seed": 0}},
                         "output": f"{work}/base", "progress": False}, PrepareConfig)
     run_prepare(cfg)
     return Storage(cfg.output)
@@ -88,9 +88,21 @@ class Sampler:
         self._thread.join()
 
 
+def tree_memory(root: psutil.Process) -> tuple[int, int]:
+    """(RSS, PSS) bytes summed over `root` and its descendants (a local Ray's GCS, raylet and workers). PSS counts
+    shared pages (the object store, mapped by every worker) once; RSS counts them in every process."""
+    rss = pss = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+        except psutil.Error:  # exited between listing and reading
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss, pss
+
+
 class PeakMemory(Sampler):
-    """The peak summed PSS of this process and its descendants (Ray workers). PSS, not RSS: the object store is
-    shared memory mapped by every worker, which RSS would count once per process."""
+    """The peak summed PSS of this process and its descendants (Ray workers)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -98,13 +110,7 @@ class PeakMemory(Sampler):
         self._me = psutil.Process()
 
     def sample(self) -> None:
-        total = 0
-        for p in [self._me, *self._me.children(recursive=True)]:
-            try:
-                total += p.memory_full_info().pss
-            except psutil.Error:
-                pass
-        self.peak = max(self.peak, total)
+        self.peak = max(self.peak, tree_memory(self._me)[1])
 
 
 def teacher_spec(args, weights: str | None) -> dict:

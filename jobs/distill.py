@@ -109,7 +109,8 @@ def export_stage(cfg: DistillConfig, stage: str, result) -> dict:
             out.write_bytes(MODEL_FILE, f.read())
         progress = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     out.write_json("losses.json", {"stage": stage, "steps": [s for s, _ in progress["losses"]],
-                                   "loss": [v for _, v in progress["losses"]]})
+                                   "loss": [v for _, v in progress["losses"]],
+                                   "resumed_at": progress.get("resumed_at", [])})
     return progress
 
 
@@ -210,6 +211,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress = load_training_state(folder, model, optimizer)
+        progress["resumed_at"] = [*progress.get("resumed_at", []), progress["step"]]  # restarts and reruns
     elif stage == "stage2":
         stage1, _ = read_model(output.child(DISTILL, "stage1"), "model.safetensors")
         model.load_state_dict(stage1.state_dict())
@@ -233,8 +235,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     metadata = {"out_channels": str(config["dim"]), "text_space": config["text_space"],
                 "voxel_size": str(voxel_size), "stage": stage}
-    loader = _batch_loader(cfg, stage, voxel_size, [cfg.seed, rank, progress["step"]])
-    generator = torch.Generator().manual_seed(cfg.seed + rank)
+    # Every random draw is a function of (seed, rank, step): a run resumed from a checkpoint continues exactly as
+    # an uninterrupted one would.
+    loader = _batch_loader(cfg, stage, voxel_size, [cfg.seed, rank])
+    generator = torch.Generator()
     done_here = 0
     fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
     stop = stage_cfg.max_steps or float("inf")
@@ -263,6 +267,8 @@ def train_loop_per_worker(config: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg.base_lr, progress["consumed"] / planned, progress["step"] == 0,
                                                 global_batch, cfg.lr_reference_batch, cfg.lr_x10_quirk)
+                step_seed = np.random.SeedSequence([cfg.seed, rank, progress["step"]]).generate_state(1)[0]
+                generator.manual_seed(int(step_seed))
                 if stage == "stage1":
                     loss, _ = stage1_step(model, backend, batch, device, generator, cfg.supervision_limit, amp)
                 else:
