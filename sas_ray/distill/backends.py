@@ -1,6 +1,6 @@
 """Choosing a sparse-convolution backend by name: `torch` (reference, always there), `spconv` (fast GPU path),
-`minkowski` (MinkowskiEngine 0.5.4, OpenScene's own). `auto` = spconv if a CUDA build of it is installed and CUDA is
-available (on CPU it is no faster than torch: docs/distill.md), else MinkowskiEngine if installed, else torch."""
+`minkowski` (MinkowskiEngine 0.5.4, OpenScene's own; only when named). `auto` = spconv if a CUDA build of it is
+installed and CUDA is available (on CPU neither native backend beats torch: docs/distill.md), else torch."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def resolve_backend_name(name: str) -> str:
     if name == "auto":
         if installed("spconv") and torch.cuda.is_available() and spconv_has_cuda():
             return "spconv"
-        return "minkowski" if installed("minkowski") else "torch"
+        return "torch"
     if name not in BACKENDS:
         raise ConfigError(f"unknown sparse backend {name!r}; known: {list(BACKENDS)}")
     if not installed(name):
-        raise ConfigError(f"sparse backend {name!r} is not installed (see DEVELOPERS.md)")
+        raise ConfigError(f"sparse backend {name!r} is not installed (docs/distill.md: backends)")
     return name
 
 
