@@ -212,6 +212,8 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             progress = load_training_state(folder, model, optimizer)
         progress["resumed_at"] = [*progress.get("resumed_at", []), progress["step"]]  # restarts and reruns
+        if progress.get("scaler"):
+            scaler.load_state_dict(progress["scaler"])  # the loss scale carries on, as the optimizer does
     elif stage == "stage2":
         stage1, _ = read_model(output.child(DISTILL, "stage1"), "model.safetensors")
         model.load_state_dict(stage1.state_dict())
@@ -249,6 +251,7 @@ def train_loop_per_worker(config: dict) -> None:
                    "finished": progress["finished"]}
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
+                progress["scaler"] = scaler.state_dict()  # {} when mixed precision is off
                 save_training_state(folder, model, optimizer, progress, metadata)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
 
