@@ -7,7 +7,8 @@
 # global options; MAX_JOBS=2 (~5.5 min on 2 idle cores); then, in the wheel, the `collections.Sequence` imports
 # that Python 3.10 removed patched to `collections.abc`.
 # The patched wheel is kept under $SAS_RAY_WHEEL_CACHE (default ~/.cache/sas-ray/wheels), per torch and Python
-# version, and installed from there by later runs without building. Compiler output: $MINKOWSKI_BUILD_LOG.
+# version, and installed from there by later runs without building (pip's own wheel cache, which ignores the torch
+# version ME was compiled against, is bypassed). Compiler output: $MINKOWSKI_BUILD_LOG.
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 LOG="${MINKOWSKI_BUILD_LOG:-/tmp/me-build.log}"
@@ -31,8 +32,8 @@ if ! compgen -G "$CACHE/*.whl" >/dev/null; then
   echo "building MinkowskiEngine $VERSION ($TAG, log: $LOG)"
   # ME's setup.py runs `pip uninstall MinkowskiEngine`: the environment's own pip comes first on PATH.
   if ! PATH="$(dirname "$("$PYTHON" -c 'import sys; print(sys.executable)')"):$PATH" PYTHONPATH="$WORK/tools" \
-      MAX_JOBS="${MAX_JOBS:-2}" "$PYTHON" -m pip wheel -v --no-deps --no-build-isolation --no-binary MinkowskiEngine \
-      -w "$WORK/built" "${OPTIONS[@]}" "MinkowskiEngine==$VERSION" >"$LOG" 2>&1; then
+      MAX_JOBS="${MAX_JOBS:-2}" "$PYTHON" -m pip wheel -v --no-cache-dir --no-deps --no-build-isolation \
+      --no-binary MinkowskiEngine -w "$WORK/built" "${OPTIONS[@]}" "MinkowskiEngine==$VERSION" >"$LOG" 2>&1; then
     tail -n 40 "$LOG"
     exit 1
   fi
@@ -52,4 +53,4 @@ if ! compgen -G "$CACHE/*.whl" >/dev/null; then
   cp "$WORK/packed/$WHEEL" "$CACHE/.$WHEEL" && mv "$CACHE/.$WHEEL" "$CACHE/$WHEEL"  # only whole wheels in the cache
 fi
 "$PYTHON" -m pip install -q --no-deps --force-reinstall "$CACHE"/*.whl
-"$PYTHON" -W "ignore:The MinkowskiEngine was compiled with CPU_ONLY" -c "import MinkowskiEngine as ME; print('MinkowskiEngine', ME.__version__)"
+"$PYTHON" -W ignore::UserWarning -c "import MinkowskiEngine as ME; print('MinkowskiEngine', ME.__version__)"
