@@ -10,7 +10,7 @@ EXTRAS=dev,spconv
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 if [ "${SAS_RAY_MINKOWSKI:-1}" != 0 ]; then
-  .venv/bin/pip install -q -c constraints-cpu.txt torch  # ME compiles against the torch it will run with
+  .venv/bin/pip install -q -c constraints-cpu.txt torch numpy  # ME compiles against this torch; it imports numpy
   PYTHON=.venv/bin/python bash scripts/build_minkowski.sh
   EXTRAS=$EXTRAS,minkowski
 fi
