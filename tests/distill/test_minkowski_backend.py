@@ -18,38 +18,19 @@ from sas_ray.distill.minkowski_backend import MinkowskiBackend  # noqa: E402
 from sas_ray.distill.minkunet import MinkUNet18A  # noqa: E402
 from sas_ray.distill.sparse import TorchBackend  # noqa: E402
 
-
-def _random_voxels(n: int, seed: int, extent: int = 10, shift: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    xyz = torch.randint(0, extent, (n, 3), generator=g) + shift
-    return torch.unique(torch.cat([torch.randint(0, 2, (n, 1), generator=g), xyz], 1), dim=0)
-
-
-def _leaves(*shapes, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_() for shape in shapes]
-
-
-def _probe(shape, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _sorted_rows(coords: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(coords, feature rows) in lexicographic coordinate order (backends may order a strided tensor differently)."""
-    order = torch.tensor(sorted(range(len(coords)), key=lambda i: coords[i].tolist()), dtype=torch.int64)
-    return coords[order], feats[order]
+from backend_cases import assert_minkunet18a_matches_torch, leaves, probe, random_voxels, rows_by_coords  # noqa: E402,I001
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_stride1_conv_and_gradients_match_torch_backend(k):
-    coords = _random_voxels(300, seed=k, shift=-4)
+    coords = random_voxels(300, seed=k, shift=-4)
     shape = (4, 6) if k == 1 else (k ** 3, 4, 6)
     outputs = []
     for backend in (TorchBackend(), MinkowskiBackend()):
-        feats, kernel = _leaves((len(coords), 4), shape, seed=1)
+        feats, kernel = leaves((len(coords), 4), shape, seed=1)
         out = backend.conv(backend.sparse_tensor(coords, feats), kernel, k, 1)
         assert out.stride == 1 and torch.equal(out.coords, coords)
-        outputs.append((out.feats, *torch.autograd.grad((out.feats * _probe(out.feats.shape, 2)).sum(),
+        outputs.append((out.feats, *torch.autograd.grad((out.feats * probe(out.feats.shape, 2)).sum(),
                                                         [feats, kernel])))
     for ours, reference in zip(outputs[1], outputs[0]):
         torch.testing.assert_close(ours, reference)
@@ -57,15 +38,15 @@ def test_stride1_conv_and_gradients_match_torch_backend(k):
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_strided_conv_and_transpose_match_torch_backend_with_negative_coordinates(k):
-    coords = _random_voxels(300, seed=3, shift=-37)  # floor of negative coordinates, as ME
+    coords = random_voxels(300, seed=3, shift=-37)  # floor of negative coordinates, as ME
     results = []
     for backend in (TorchBackend(), MinkowskiBackend()):
-        feats, down_w, up_w = _leaves((len(coords), 3), (k ** 3, 3, 5), (k ** 3, 5, 2), seed=4)
+        feats, down_w, up_w = leaves((len(coords), 3), (k ** 3, 3, 5), (k ** 3, 5, 2), seed=4)
         down = backend.conv(backend.sparse_tensor(coords, feats), down_w, k, 2)
         up = backend.conv_transpose(down.replace(torch.relu(down.feats)), up_w, k, 2)
         assert down.stride == 2 and up.stride == 1 and torch.equal(up.coords, coords)
-        grads = torch.autograd.grad((up.feats * _probe(up.feats.shape, 5)).sum(), [feats, down_w, up_w])
-        results.append((*_sorted_rows(down.coords, down.feats), up.feats, *grads))
+        grads = torch.autograd.grad((up.feats * probe(up.feats.shape, 5)).sum(), [feats, down_w, up_w])
+        results.append((torch.unique(down.coords, dim=0), rows_by_coords(down.coords, down.feats), up.feats, *grads))
     torch_result, me_result = results
     assert torch.equal(me_result[0], torch_result[0])
     for ours, reference in zip(me_result[1:], torch_result[1:]):
@@ -73,23 +54,11 @@ def test_strided_conv_and_transpose_match_torch_backend_with_negative_coordinate
 
 
 def test_minkunet18a_forward_and_weight_gradients_match_torch_backend():
-    coords = _random_voxels(400, seed=6, extent=24)
-    torch.manual_seed(0)
-    reference_model = MinkUNet18A(3, 8).double()  # train mode: batch statistics, as in training
-    model = MinkUNet18A(3, 8).double()
-    model.load_state_dict(reference_model.state_dict())
-    probe = _probe((len(coords), 8), 7)
-    results = []
-    for backend, net in ((TorchBackend(), reference_model), (MinkowskiBackend(), model)):
-        out = net(backend.sparse_tensor(coords, torch.ones(len(coords), 3, dtype=torch.float64)))
-        params = list(net.parameters())
-        results.append((out, *torch.autograd.grad((out * probe).sum(), params)))
-    for ours, reference in zip(results[1], results[0]):
-        torch.testing.assert_close(ours, reference)
+    assert_minkunet18a_matches_torch(MinkowskiBackend())
 
 
 def test_checkpoint_trained_on_one_backend_gives_the_same_outputs_on_the_other(tmp_path):
-    coords = _random_voxels(300, seed=8, extent=20)
+    coords = random_voxels(300, seed=8, extent=20)
     torch.manual_seed(1)
     trained = MinkUNet18A(3, 8)
     optimizer = torch.optim.Adam(trained.parameters(), lr=1e-2)
@@ -113,8 +82,8 @@ def test_checkpoint_trained_on_one_backend_gives_the_same_outputs_on_the_other(t
 def test_torch_backend_conv_equals_me_convolution_module_with_the_same_weights(k, stride):
     """ME's `MinkowskiConvolution` (as in OpenScene's mink_unet.py) given our kernel: the independent reference for
     the kernel offset order and the strided output voxels."""
-    coords = _random_voxels(300, seed=9 + k, shift=-5)
-    feats, kernel = _leaves((len(coords), 4), (4, 6) if k == 1 else (k ** 3, 4, 6), seed=10)
+    coords = random_voxels(300, seed=9 + k, shift=-5)
+    feats, kernel = leaves((len(coords), 4), (4, 6) if k == 1 else (k ** 3, 4, 6), seed=10)
     conv = ME.MinkowskiConvolution(4, 6, kernel_size=k, stride=stride, dimension=3).double()
     with torch.no_grad():
         conv.kernel.copy_(kernel)
@@ -122,17 +91,15 @@ def test_torch_backend_conv_equals_me_convolution_module_with_the_same_weights(k
         backend = TorchBackend()
         out = backend.conv(backend.sparse_tensor(coords, feats), kernel, k, stride)
     assert me_out.tensor_stride == [stride] * 3
-    me_coords, me_feats = _sorted_rows(me_out.C.long(), me_out.F)
-    our_coords, our_feats = _sorted_rows(out.coords, out.feats)
-    assert torch.equal(our_coords, me_coords)
-    torch.testing.assert_close(our_feats, me_feats)
+    assert torch.equal(torch.unique(out.coords, dim=0), torch.unique(me_out.C.long(), dim=0))
+    torch.testing.assert_close(rows_by_coords(out.coords, out.feats), rows_by_coords(me_out.C.long(), me_out.F))
 
 
 def test_torch_backend_transpose_equals_me_convolution_transpose_module_with_the_same_weights():
     """ME's `MinkowskiConvolutionTranspose` (expand_coordinates=False, as OpenScene) after a strided ME convolution:
     the up path lands on the existing finer voxels with the same kernel offsets."""
-    coords = _random_voxels(300, seed=12, shift=-5)
-    feats, down_kernel, up_kernel = _leaves((len(coords), 4), (8, 4, 6), (8, 6, 3), seed=13)
+    coords = random_voxels(300, seed=12, shift=-5)
+    feats, down_kernel, up_kernel = leaves((len(coords), 4), (8, 4, 6), (8, 6, 3), seed=13)
     down = ME.MinkowskiConvolution(4, 6, kernel_size=2, stride=2, dimension=3).double()
     up = ME.MinkowskiConvolutionTranspose(6, 3, kernel_size=2, stride=2, dimension=3).double()
     with torch.no_grad():
@@ -142,10 +109,8 @@ def test_torch_backend_transpose_equals_me_convolution_transpose_module_with_the
         backend = TorchBackend()
         x = backend.conv(backend.sparse_tensor(coords, feats), down_kernel, 2, 2)
         out = backend.conv_transpose(x, up_kernel, 2, 2)
-    me_coords, me_feats = _sorted_rows(me_out.C.long(), me_out.F)
-    our_coords, our_feats = _sorted_rows(out.coords, out.feats)
-    assert torch.equal(our_coords, me_coords)
-    torch.testing.assert_close(our_feats, me_feats)
+    assert torch.equal(torch.unique(out.coords, dim=0), torch.unique(me_out.C.long(), dim=0))
+    torch.testing.assert_close(rows_by_coords(out.coords, out.feats), rows_by_coords(me_out.C.long(), me_out.F))
 
 
 def test_minkowski_is_chosen_by_name_only_and_imported_lazily():
@@ -157,7 +122,7 @@ def test_minkowski_is_chosen_by_name_only_and_imported_lazily():
 
 
 def test_rejects_duplicate_voxels_and_missing_finer_coordinates():
-    coords = _random_voxels(50, seed=14)
+    coords = random_voxels(50, seed=14)
     backend = MinkowskiBackend()
     with pytest.raises(ValueError, match="unique rows"):
         backend.sparse_tensor(torch.cat([coords, coords[:3]]), torch.ones(len(coords) + 3, 2))
