@@ -25,7 +25,7 @@ with warnings.catch_warnings():  # a CPU build says so on every import
     import MinkowskiEngine as ME
 from MinkowskiEngineBackend._C import ConvolutionMode
 
-from sas_ray.distill.sparse import Context, SparseTensor
+from sas_ray.distill.sparse import Context, SparseTensor, pointwise_conv
 
 DIMENSION = 3
 
@@ -67,9 +67,7 @@ class MinkowskiBackend:
 
     def conv(self, x: SparseTensor, weight: torch.Tensor, kernel_size: int, stride: int) -> SparseTensor:
         if kernel_size == 1:
-            if stride != 1:
-                raise ValueError("a 1x1x1 convolution with stride > 1 is not part of MinkUNet")
-            return x.replace(x.feats @ weight)
+            return pointwise_conv(x, weight, stride)
         maps: CoordinateMaps = x.context.native
         source = maps.levels[x.stride]
         out_stride = x.stride * stride

@@ -114,6 +114,13 @@ def strided_coords(coords: torch.Tensor, stride: int) -> torch.Tensor:
     return torch.unique(out, dim=0)
 
 
+def pointwise_conv(x: SparseTensor, weight: torch.Tensor, stride: int) -> SparseTensor:
+    """A 1x1x1 convolution: the same matmul on the same voxels in every backend (ME's `use_mm`)."""
+    if stride != 1:
+        raise ValueError("a 1x1x1 convolution with stride > 1 is not part of MinkUNet")
+    return x.replace(x.feats @ weight)
+
+
 def compute_dtype(feats: torch.Tensor) -> torch.dtype:
     """The dtype a convolution of `feats` computes in: autocast's when it is on for their device (mixed precision),
     else their own."""
@@ -152,9 +159,7 @@ class TorchBackend:
     def conv(self, x: SparseTensor, weight: torch.Tensor, kernel_size: int, stride: int) -> SparseTensor:
         out_stride = x.stride * stride
         if kernel_size == 1:
-            if stride != 1:
-                raise ValueError("a 1x1x1 convolution with stride > 1 is not part of MinkUNet")
-            return x.replace(x.feats @ weight)
+            return pointwise_conv(x, weight, stride)
         source = self._coordinate_set(x, x.stride)
         out = self._coordinate_set(x, out_stride)
         key = ("conv", x.stride, out_stride, kernel_size)

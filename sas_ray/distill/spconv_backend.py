@@ -36,7 +36,7 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch import ops as spconv_ops
 from spconv.pytorch.conv import SparseConvolutionBase
 
-from sas_ray.distill.sparse import Context, SparseTensor, compute_dtype
+from sas_ray.distill.sparse import Context, SparseTensor, compute_dtype, pointwise_conv
 from sas_ray.errors import ConfigError
 
 GRID_ALIGN = 64  # largest tensor stride supported (MinkUNet reaches 16)
@@ -128,9 +128,7 @@ class SpconvBackend:
 
     def conv(self, x: SparseTensor, weight: torch.Tensor, kernel_size: int, stride: int) -> SparseTensor:
         if kernel_size == 1:
-            if stride != 1:
-                raise ValueError("a 1x1x1 convolution with stride > 1 is not part of MinkUNet")
-            return x.replace(x.feats @ weight)
+            return pointwise_conv(x, weight, stride)
         grid: Grid = x.context.native
         level = grid.levels[x.stride]
         if stride == 1:
