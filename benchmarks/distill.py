@@ -13,18 +13,21 @@ backward, Adam step, on a batch of --batch scenes. Variants, measured one after 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from benchmarks import emit  # noqa: E402
 from sas_ray.distill.backends import get_backend
 from sas_ray.distill.batch import SceneSample, collate, voxelize_scene
 from sas_ray.distill.minkunet import MinkUNet18A
 from sas_ray.distill.losses import SUPERVISION_LIMIT
-from sas_ray.distill.steps import forward, stage1_loss, stage1_rows, stage1_step
+from sas_ray.distill.steps import forward, optimizer_step, stage1_loss, stage1_rows, stage1_step
 from sas_ray.scene import PointFeatures
 
 
@@ -64,11 +67,7 @@ def main() -> None:
                for _ in range(min(args.steps + args.warmup, 3))]
     variants = args.variants or (["full-head", "subset-head"] + (["subset-head-fp16"] if device.type == "cuda" else []))
     for variant in variants:
-        line = json.dumps(measure(variant, backend, batches, device, args))
-        print(line, flush=True)
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+        emit(measure(variant, backend, batches, device, args), args.out)
 
 
 def measure(variant: str, backend, batches: list, device: torch.device, args) -> dict:
@@ -93,10 +92,7 @@ def measure(variant: str, backend, batches: list, device: torch.device, args) ->
             loss, _ = stage1_loss(forward(model, backend, batch, device)[rows[0].to(device)], batch, rows)
         else:
             loss, _ = stage1_step(model, backend, batch, device, generator, SUPERVISION_LIMIT, amp)
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(optimizer, scaler, loss)
         losses.append(float(loss.item()))
     if device.type == "cuda":
         torch.cuda.synchronize(device)

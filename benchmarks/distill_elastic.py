@@ -17,6 +17,7 @@ import time
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "jobs"))
 
+from benchmarks import emit  # noqa: E402
 from distill_data import write_dataset  # noqa: E402  (the tests' labelled dataset in the distill layouts)
 
 
@@ -62,11 +63,7 @@ def main() -> None:
               "loss_curve_steps_contiguous": curve["steps"] == list(range(1, len(curve["steps"]) + 1)),
               "loss_first": curve["loss"][0], "loss_last": curve["loss"][-1], "seconds": round(seconds, 1)}
     ray.shutdown()
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

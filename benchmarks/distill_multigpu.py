@@ -22,6 +22,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 NCCL_SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
+from benchmarks import emit  # noqa: E402
+
+
 def worker_loop(config: dict) -> None:
     import numpy as np
     import ray.train
@@ -33,7 +36,7 @@ def worker_loop(config: dict) -> None:
     from sas_ray.distill.backends import get_backend
     from sas_ray.distill.batch import collate, voxelize_scene
     from sas_ray.distill.minkunet import MinkUNet18A
-    from sas_ray.distill.steps import stage1_step
+    from sas_ray.distill.steps import optimizer_step, stage1_step
 
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
@@ -57,10 +60,7 @@ def worker_loop(config: dict) -> None:
             dist.barrier()
             start = time.perf_counter()
         loss, _ = stage1_step(model, backend, batches[step % 2], device, generator, mixed_precision=True)
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(optimizer, scaler, loss)
     sync(device)
     dist.barrier()
     seconds = time.perf_counter() - start
@@ -121,15 +121,11 @@ def main() -> None:
             metrics = run(gpus, batch, args)
             samples = metrics["steps_per_s"] * batch * gpus
             base = base or samples / gpus  # the 1-GPU run comes first
-            line = json.dumps({"benchmark": "distill_scaling", "variant": variant, "gpus": gpus, "gpu": gpu,
-                               "batch_per_worker": batch, "global_batch": batch * gpus, "points_per_scene": args.points,
-                               "steps_per_s": metrics["steps_per_s"], "samples_per_s": samples,
-                               "efficiency": samples / (gpus * base), "peak_gpu_gb": metrics["peak_gpu_gb"],
-                               "voxels_per_worker_batch": metrics["voxels_per_worker_batch"]})
-            print(line, flush=True)
-            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+            emit({"benchmark": "distill_scaling", "variant": variant, "gpus": gpus, "gpu": gpu,
+                  "batch_per_worker": batch, "global_batch": batch * gpus, "points_per_scene": args.points,
+                  "steps_per_s": metrics["steps_per_s"], "samples_per_s": samples,
+                  "efficiency": samples / (gpus * base), "peak_gpu_gb": metrics["peak_gpu_gb"],
+                  "voxels_per_worker_batch": metrics["voxels_per_worker_batch"]}, args.out)
     ray.shutdown()
 
 

@@ -13,8 +13,8 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -25,7 +25,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 import sas_ray.models  # noqa: E402,F401  (the CPU torchvision shim)
+from benchmarks import emit  # noqa: E402
 from jobs.extract import run_extract  # noqa: E402
 from jobs.prepare import run_prepare  # noqa: E402
 from sas_ray.config import ExtractConfig, PrepareConfig, parse_config  # noqa: E402
@@ -233,12 +236,7 @@ def main() -> None:
                            "peak_pss_gb_10x": round(peak_10x / 1e9, 2),
                            "peak_pss_ratio_10x_vs_1x": round(peak_10x / peak_1x, 3)})
     ray.shutdown()
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(result, args.out, append=False)
 
 
 if __name__ == "__main__":

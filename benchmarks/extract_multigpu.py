@@ -22,6 +22,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
+from benchmarks import emit  # noqa: E402
 from benchmarks.extract import Sampler, build_dataset, random_checkpoint, replicate  # noqa: E402
 from jobs.extract import run_extract  # noqa: E402
 from sas_ray.config import ExtractConfig, parse_config  # noqa: E402
@@ -124,11 +125,7 @@ def main() -> None:
                 worst = max(worst, float((a.feat.float() - b.feat.float()).abs().max()))
         result.update({"outputs_masks_equal_1gpu": masks_equal, "outputs_max_abs_diff_vs_1gpu": worst})
     ray.shutdown()
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Each run gets a fresh local Ray, so worker processes left by one run never count
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
+from benchmarks import emit  # noqa: E402
 from benchmarks.extract import Sampler, build_dataset, replicate, tree_memory  # noqa: E402
 from jobs.extract import run_extract  # noqa: E402
 from sas_ray.config import ExtractConfig, parse_config  # noqa: E402
@@ -139,12 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
               "runs": runs,
               "peak_pss_ratio": round(runs[-1]["peak_pss_gb"] / runs[0]["peak_pss_gb"], 3),
               "peak_rss_ratio": round(runs[-1]["peak_rss_gb"] / runs[0]["peak_rss_gb"], 3)}
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(result, args.out, append=False)
     return result
 
 

@@ -188,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
     from sas_ray.distill.checkpoint import load_training_state, read_model, save_training_state
     from sas_ray.distill.history import PredictionHistory, scene_assignment, steps_per_epoch
     from sas_ray.distill.minkunet import MinkUNet18A
-    from sas_ray.distill.steps import learning_rate, stage1_step, stage2_step
+    from sas_ray.distill.steps import learning_rate, optimizer_step, stage1_step, stage2_step
     from sas_ray.faults import armed_fault
 
     cfg = DistillConfig.model_validate(config["cfg"])
@@ -277,10 +277,7 @@ def train_loop_per_worker(config: dict) -> None:
                 else:
                     loss, _ = stage2_step(model, backend, batch, device, history, cfg.ema_momentum, text, generator,
                                           cfg.supervision_limit, amp)
-                optimizer.zero_grad()
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                optimizer_step(optimizer, scaler, loss)
                 progress["step"] += 1
                 progress["consumed"] += global_batch
                 progress["epoch_step"] += 1

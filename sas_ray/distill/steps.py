@@ -27,6 +27,19 @@ def learning_rate(base_lr: float, progress: float, first_step: bool, global_batc
     return lr * (10.0 if x10_quirk else 1.0) * max(0.0, 1.0 - progress) ** POLY_POWER
 
 
+def autocast(device: torch.device, mixed_precision: bool):
+    """fp16 autocast when `mixed_precision` is asked for and the device is CUDA; a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision and device.type == "cuda")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """Backward and update with loss scaling (a pass-through when the scaler is disabled)."""
+    optimizer.zero_grad()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def forward(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: torch.device,
             rows: torch.Tensor | None = None, mixed_precision: bool = False, with_trunk: bool = False):
     """[V,C] per-voxel predictions for the batch's voxels (only `rows` when given; see `MinkUNet18A.forward`).
@@ -35,7 +48,7 @@ def forward(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: to
     dtype = next(model.parameters()).dtype
     x = backend.sparse_tensor(batch.coords.to(device), batch.input_features().to(device, dtype))
     rows = None if rows is None else rows.to(device)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision and device.type == "cuda"):
+    with autocast(device, mixed_precision):
         out = model(x, rows, with_trunk)
     return (out[0].to(dtype), out[1]) if with_trunk else out.to(dtype)
 
@@ -95,7 +108,7 @@ def stage2_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device
     pred, trunk = forward(model, backend, batch, device, rows, mixed_precision, with_trunk=True)
     with torch.no_grad():
         head = getattr(model, "module", model).head
-        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed_precision and device.type == "cuda"):
+        with autocast(device, mixed_precision):
             every = head(trunk.detach()).float()
         ema = update_history(every, batch, history, momentum)[rows.to(device)]
     superpoints = batch.superpoints[rows].to(device)
