@@ -22,6 +22,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("jobs.evaluate:main", "per-class mIoU/mAcc tables, confusion PNG, label and text-query PLY/PNG"),
     "run": ("jobs.run:main", "several stages from one YAML (keys = stage names), in order -> {output}/report.md"),
     "demo": ("jobs.run:demo", "the chain on synthetic rooms with tiny models on the CPU (no distill/predict)"),
+    "study": ("jobs.study:main", "the SAS ablation on synthetic rooms with simulated teachers -> docs/study.md"),
 }
 NO_CONFIG = {"demo"}  # commands whose config is built in; they take --output instead
 COMMANDS: dict[str, tuple[str, str]] = {

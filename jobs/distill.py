@@ -27,7 +27,7 @@ from jobs.runtime import StageReport, ensure_ray
 from jobs.superpoints import read_superpoints
 from sas_ray.config import PRESETS, DistillConfig
 from sas_ray.errors import ConfigError, InputError, SasError
-from sas_ray.storage import Storage
+from sas_ray.storage import Storage, absolute_root
 
 DISTILL = "distill"
 STAGES = ("stage1", "stage2")
@@ -116,6 +116,8 @@ def export_stage(cfg: DistillConfig, stage: str, result) -> dict:
 
 def run_distill(cfg: DistillConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
+    roots = {key: absolute_root(getattr(cfg, key)) for key in ("prepared", "output", "superpoints") if getattr(cfg, key)}
+    cfg = cfg.model_copy(update=roots)
     ensure_ray(address)
     inputs = training_inputs(cfg)
     report = StageReport(DISTILL)

@@ -47,6 +47,12 @@ def _retrying(what: str, fn):
             time.sleep(_RETRY_BASE_S * 2**attempt)
 
 
+def absolute_root(root: str) -> str:
+    """`root` with a relative local path made absolute (URLs unchanged): Ray workers run in their own working
+    directory, so a path handed to them must not depend on the driver's."""
+    return root if "://" in root else os.path.abspath(root)
+
+
 class Storage:
     """A root URL (local path, file://, s3://bucket/prefix, memory://...) and the fsspec options to reach it."""
 

@@ -4,7 +4,7 @@ from sas_ray import _torchvision_shim
 
 _torchvision_shim.apply()  # before open_clip / segment_anything / diffusers import torchvision
 
-from sas_ray.models import clip_text, openclip_dense, sam_clip, simulated  # noqa: F401  (registers the models)
+from sas_ray.models import clip_text, openclip_dense, sam_clip, simulated, simulated_label  # noqa: F401  (registers the models)
 from sas_ray.models.base import (
     Resources,
     Teacher,

@@ -6,7 +6,8 @@ every random draw is a function of (seed, rank, step), not of when a worker star
 
 Stage 1 only (stage 2's EMA history lives outside the checkpoint, see docs/reliability.md). 4 scenes, 2 workers,
 batch 1: 2 steps an epoch, 3 epochs, a checkpoint every 2 steps. The clean run uses the tests' Ray session; the
-faulty one is `sas-ray distill` in a subprocess whose local Ray passes the fault variable to its workers.
+faulty one is `sas-ray distill` in a subprocess whose local Ray passes the fault variable to its workers; its config
+names its folders relative to the driver's working directory.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def test_worker_killed_mid_run_resumes_to_the_same_model(ray_session, tmp_path):
 
     marker = tmp_path / "rank1-died"
     config = tmp_path / "faulty.yaml"
-    config.write_text(json.dumps({**SETTINGS, "prepared": str(faulty), "output": str(faulty)}))
+    # relative paths, as a user types them: Ray Train workers run in another working directory than the driver
+    config.write_text(json.dumps({**SETTINGS, "prepared": "faulty", "output": "faulty"}))
     driver = subprocess.run([CLI, "distill", "--config", str(config)], capture_output=True, text=True, timeout=400,
+                            cwd=tmp_path,
                             env={**os.environ, ENV: f"distill-rank1:5:{marker}",
                                  "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})  # collect each report promptly
     assert driver.returncode == 0, (driver.stdout + driver.stderr)[-3000:]
