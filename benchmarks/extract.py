@@ -13,6 +13,7 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -119,7 +120,7 @@ class PeakMemory(Sampler):
 def teacher_spec(args, weights: str | None) -> dict:
     return {"name": "openclip-dense", "weights": weights, "tiny": weights is None, "gpus": args.gpus_per_actor,
             "pool": [args.actors, args.actors], "batch_size": args.batch_size, "dtype": args.dtype,
-            "options": {"arch": args.arch} if weights else {}}
+            "options": {**({"arch": args.arch} if weights else {}), **args.teacher_options}}
 
 
 def random_checkpoint(arch: str, path: str) -> str:
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--frames-per-task", type=int, default=128)
     parser.add_argument("--reference-frames", type=int, default=30)
     parser.add_argument("--no-10x", action="store_true")
+    parser.add_argument("--teacher-options", type=json.loads, default={},
+                        help='JSON options of openclip-dense for every column, e.g. \'{"compile_mode": "default"}\'')
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.device == "cpu":
@@ -199,7 +202,7 @@ def main() -> None:
 
         dtype = getattr(torch, args.dtype)
         teacher = build_teacher("openclip-dense", weights, tiny=weights is None, device=args.device, dtype=dtype,
-                                **({"arch": args.arch} if weights else {}))
+                                **({"arch": args.arch} if weights else {}), **args.teacher_options)
         rows = read_frame_index(one_x).to_pylist()
         images = torch.stack([torch.from_numpy(read_frame(r).rgb) for r in rows[:args.batch_size * 2]])
         model_fps = model_only(teacher, images.to(args.device), args.batch_size,
@@ -210,12 +213,14 @@ def main() -> None:
         start = time.perf_counter()
         reference_fusion(teacher, read_scene(one_x, scene_id), ref_frames, cut_bound=10, vis_thres=0.25)
         reference_fps = len(ref_frames) / (time.perf_counter() - start)
+        fast = teacher.fast
         del teacher
         torch.cuda.empty_cache() if args.device == "cuda" else None
 
         pipe_fps, steady_fps, startup_s, peak_1x = pipeline(args, one_x, work, weights, "x1")
         result = {"benchmark": "extract", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                  "teacher": f"openclip-dense {args.arch} {args.dtype}", "scenes": args.scenes,
+                  "teacher": f"openclip-dense {args.arch} {args.dtype}", "teacher_options": args.teacher_options,
+                  "fast": fast, "scenes": args.scenes,
                   "frames_per_scene": args.frames, "points": read_scene(one_x, scene_id).num_points,
                   "image": "320x240", "batch_size": args.batch_size, "actors": args.actors,
                   "gpus_per_actor": args.gpus_per_actor, "model_only_fps": round(model_fps, 2),

@@ -3,6 +3,10 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract   # carry .carry/base.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
+# On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract4  # carry .carry/base.tar.xz
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill4  # carry .carry/spconv.tar.xz
 # Each step is bounded by a timeout so one slow step cannot starve the others; each prints JSON lines.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 TQDM_DISABLE=1
@@ -21,6 +25,37 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     ;;
+  extract4)
+    for gpus in 0 0,1 0,1,2,3; do
+      n=$(( (${#gpus} + 1) / 2 ))
+      step env CUDA_VISIBLE_DEVICES=$gpus timeout 200 python3 -m benchmarks.extract_multigpu --gpus $n \
+        --work /tmp/multigpu4 --scenes 16 --out "$out/extract-multigpu-4xh200.jsonl"
+    done
+    ;;
+  distill4)
+    step env CUDA_VISIBLE_DEVICES=0,1,2,3 timeout 420 python3 -m benchmarks.distill_multigpu --gpus 1 2 4 \
+      --points 150000 --global-batch 8 --steps 8 --warmup 3 --out "$out/distill-multigpu-4xh200.jsonl"
+    step env CUDA_VISIBLE_DEVICES=0,1,2,3 timeout 150 python3 -m benchmarks.distill_elastic --gpus 4 \
+      --work /tmp/elastic --out "$out/distill-elastic-4xh200.jsonl"
+    ;;
+  profile)  # where the time goes per stage (issue #12): $out/profile-stages.jsonl, tables in $out/profile-stages.md
+    log="$out/profile-stages.jsonl"
+    : > "$log"
+    prof() {  # one process per stage group, bounded; SD last (its ~80 s reduce-overhead compile)
+      echo "== profile_stages $1 (timeout $2 s)"
+      "${one[@]}" timeout "$2" python3 -m benchmarks.profile_stages --device cuda --stages "$1" --out "$log" 2>&1 \
+        | grep -E '^\[profile_stages|Error|error:|Traceback' | tail -12
+      for stage in ${1//,/ }; do  # a stage cut off by the timeout (or a crash) still gets its line
+        grep -q "\"stage\": \"$stage\"" "$log" ||
+          printf '{"bench": "profile", "stage": "%s", "error": "no record: timeout %s s or crash"}\n' "$stage" "$2" >> "$log"
+      done
+    }
+    prof sam 85
+    prof openclip,fusion,extract 60
+    prof distill 60
+    prof sd 150
+    python3 -m benchmarks.profile_stages --render "$log" --markdown "$out/profile-stages.md"
+    ;;
   models)
     OUT="$out" bash benchmarks/gpu_fast_suite.sh "${@:2}"  # SAM encoder and SD generation fast paths vs eager
     ;;
@@ -33,7 +68,7 @@ case "${1:-}" in
       --out "$out/distill-elastic-h100.jsonl"
     ;;
   *)
-    echo "usage: gpu_suite.sh extract|models|distill" >&2
+    echo "usage: gpu_suite.sh extract|models|distill|extract4|distill4|profile" >&2
     exit 2
     ;;
 esac

@@ -7,7 +7,8 @@ extraction pipeline is judged against (pipeline frames/s vs these frames/s, same
   python benchmarks/models.py --device cpu --tiny --iters 2          # smoke test of the script itself
 
 - openclip-dense: the real teacher (ViT-L-14, flip TTA, 2x upscale, 448 px windows) on 240x320 frames, built from
-  a random checkpoint written to memory:// (so the load path is the real one and its time is reported).
+  a random checkpoint written to memory:// (so the load path is the real one and its time is reported), with its
+  default options (the uncompiled fast path on CUDA; benchmarks/dense_fast.py compares it with eager).
 - sam-vit-h-encoder: segment_anything's ViT-H image encoder at 1024x1024 under autocast (as the teachers run it).
 - sd15-unet: one denoising step of an SD1.5-shaped UNet (64x64 latents, batch 2 = classifier-free guidance).
 Precision: the same weights and inputs in float32 (TF32 off) and in --dtype; reports max |difference| and the
@@ -73,10 +74,8 @@ def _peak_gb(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else None
 
 
-def bench_openclip_dense(device, dtype_name, tiny, iters) -> dict:
-    dtype = DTYPES[dtype_name]
-    batch, height, width = (2, 32, 48) if tiny else (8, 240, 320)
-    arch = "tiny" if tiny else "ViT-L-14"
+def random_clip_checkpoint(arch: str) -> str:
+    """A memory:// safetensors checkpoint of `arch` with random weights (seed 0): teachers load it the real way."""
     import open_clip
 
     with torch.random.fork_rng(devices=[]):
@@ -84,7 +83,14 @@ def bench_openclip_dense(device, dtype_name, tiny, iters) -> dict:
         model = open_clip.CLIP(**{k: v for k, v in arch_config(arch).items() if k != "preprocess_cfg"})
     url = f"memory://bench/{arch}.safetensors"
     write_checkpoint(model.state_dict(), url)
-    del model
+    return url
+
+
+def bench_openclip_dense(device, dtype_name, tiny, iters) -> dict:
+    dtype = DTYPES[dtype_name]
+    batch, height, width = (2, 32, 48) if tiny else (8, 240, 320)
+    arch = "tiny" if tiny else "ViT-L-14"
+    url = random_clip_checkpoint(arch)
     start = time.perf_counter()
     teacher = build_teacher("openclip-dense", weights=url, arch=arch, device=device, dtype=dtype)
     load_s = time.perf_counter() - start
@@ -93,11 +99,11 @@ def bench_openclip_dense(device, dtype_name, tiny, iters) -> dict:
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     seconds = _timed(lambda: teacher.encode(frames), device, iters)
     peak = _peak_gb(device)
-    low = teacher.encode(frames[:2])
+    low, fast = teacher.encode(frames[:2]), teacher.fast
     del teacher
     ref = build_teacher("openclip-dense", weights=url, arch=arch, device=device, dtype=torch.float32).encode(frames[:2])
     return {"model": "openclip-dense", "arch": arch, "input": f"{batch}x{height}x{width} uint8 frames",
-            "options": "flip, input_scale 2, crop 2x image_size", "frames_per_s": batch / seconds,
+            "options": "flip, input_scale 2, crop 2x image_size", "fast": fast, "frames_per_s": batch / seconds,
             "ms_per_batch": 1000 * seconds, "load_s": load_s, "peak_gb": peak,
             "vs_fp32": _agreement(low, ref, dtype_name)}
 

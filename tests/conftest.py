@@ -1,7 +1,8 @@
 """Session fixtures: one local Ray (loopback only) and one moto S3 server on 127.0.0.1."""
 
 import os
-import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,11 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core CI: many small ops in se
 
 import sas_ray.models  # noqa: E402,F401  (applies the CPU torchvision shim before any test imports torchvision)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).parent / "jobs"))
+from ray_head import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +38,7 @@ def s3_server():
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ[key] = value
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

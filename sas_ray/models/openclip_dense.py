@@ -6,17 +6,31 @@ query-key mixing, no residual, no MLP), then `ln_post` and `proj`, landing in th
 windows of at most `crop_size` pixels (position embeddings resized to the window grid), overlapping windows
 averaged per patch, upsampled bilinearly to the frame size, L2-normalised per pixel and, with `flip`, summed with
 the features of the mirrored frame (norm <= 2, as LSeg's horizontal-flip test-time augmentation).
+
+`fast` (default: on CUDA) computes the same features faster (`openclip_dense_fast`): SDPA attention blocks,
+optionally compiled with `compile_mode` (None: uncompiled; the first batch fixes the compiled window batch, larger
+batches run in chunks of it, a smaller remainder uncompiled) and restricted to one `sdpa_backend`, and the upsample
+of the whole batch as two matrix products in the teacher's dtype (fp16: per-pixel cosine to eager >= 0.999999).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from sas_ray.errors import ConfigError
 from sas_ray.models.base import Resources, Teacher, frames_to_float, register_teacher
 from sas_ray.models.clip_model import load_clip
+from sas_ray.models.openclip_dense_fast import (
+    CompiledChunks,
+    check_sdpa_blocks,
+    sdpa_block,
+    sdpa_context,
+    upsample_unit,
+)
 
 
 @register_teacher("openclip-dense")
@@ -25,7 +39,8 @@ class OpenClipDense(Teacher):
 
     def __init__(self, weights: str | None = None, *, tiny: bool = False, device="cpu", dtype=torch.float32,
                  storage_options: dict | None = None, arch: str = "ViT-L-14", flip: bool = True,
-                 input_scale: float = 2.0, crop_size: int | None = None, seed: int = 0):
+                 input_scale: float = 2.0, crop_size: int | None = None, seed: int = 0, fast: bool | None = None,
+                 compile_mode: str | None = None, sdpa_backend: str | None = None):
         super().__init__(device, dtype)
         self.clip = load_clip(arch, weights, tiny=tiny, device=self.device, dtype=dtype,
                               storage_options=storage_options, seed=seed)
@@ -36,6 +51,8 @@ class OpenClipDense(Teacher):
         patch = self.clip.patch_size
         crop = crop_size or 2 * self.clip.image_size
         self.crop_size = max(patch, crop // patch * patch)
+        self.fast = self.device.type == "cuda" if fast is None else fast
+        self.patch_tokens = patch_token_fn(self.clip.model.visual, self.fast, compile_mode, sdpa_backend)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -44,6 +61,8 @@ class OpenClipDense(Teacher):
         if self.flip:
             x = torch.cat([x, x.flip(-1)])
         canvas, scaled = self._patch_canvas(x)
+        if self.fast:
+            return upsample_unit(canvas, (height, width), scaled, self.clip.patch_size, self.flip, self.dtype)
         out = torch.empty(batch, height, width, self.dim, device=self.device, dtype=self.dtype)
         for i in range(batch):  # one frame at a time: full-resolution fp32 maps are large
             feats = _upsample(canvas[i], (height, width), scaled, self.clip.patch_size)
@@ -71,7 +90,7 @@ class OpenClipDense(Teacher):
         offsets = [(r, c) for r in starts[0] for c in starts[1]]
         crops = torch.stack([x[:, :, r * patch:(r + win[0]) * patch, c * patch:(c + win[1]) * patch]
                              for r, c in offsets], dim=1).flatten(0, 1)  # [N * windows, 3, h, w]
-        tokens = dense_patch_features(self.clip.model.visual, crops)  # [N * windows, gh, gw, C]
+        tokens = self.patch_tokens(crops)  # [N * windows, gh, gw, C]
         tokens = tokens.unflatten(0, (x.shape[0], len(offsets))).float()
         canvas = torch.zeros(x.shape[0], grid[0], grid[1], self.dim, device=x.device)
         count = torch.zeros(1, grid[0], grid[1], 1, device=x.device)
@@ -106,9 +125,32 @@ def _window_starts(length: int, window: int) -> list[int]:
     return sorted({round(i * (length - window) / (n - 1)) for i in range(n)})
 
 
-def dense_patch_features(visual, images: torch.Tensor) -> torch.Tensor:
+def patch_token_fn(visual, fast: bool, compile_mode: str | None = None, sdpa_backend: str | None = None):
+    """`dense_patch_features` of `visual` as a function of the images: open_clip's own blocks, or with `fast` the
+    SDPA blocks, compiled in fixed-size chunks given a `compile_mode`, attention restricted to `sdpa_backend`."""
+    if not fast:
+        if compile_mode is not None or sdpa_backend is not None:
+            raise ConfigError("openclip-dense: compile_mode and sdpa_backend apply to the fast path (fast=True)")
+        return partial(dense_patch_features, visual)
+    check_sdpa_blocks(visual.transformer.resblocks[:-1])
+    sdpa_context(sdpa_backend)  # refuses an unknown backend now rather than at the first batch
+    fn = partial(dense_patch_features, visual, sdpa=True)
+    if compile_mode is not None:
+        fn = CompiledChunks.compile(fn, compile_mode)
+    if sdpa_backend is None:
+        return fn
+
+    def restricted(images: torch.Tensor) -> torch.Tensor:
+        with sdpa_context(sdpa_backend):
+            return fn(images)
+
+    return restricted
+
+
+def dense_patch_features(visual, images: torch.Tensor, sdpa: bool = False) -> torch.Tensor:
     """MaskCLIP features of an open_clip VisionTransformer: normalised images [N, 3, h, w] (h, w multiples of the
-    patch size) -> projected per-patch features [N, h/p, w/p, output_dim] (not normalised)."""
+    patch size) -> projected per-patch features [N, h/p, w/p, output_dim] (not normalised). `sdpa` runs the blocks
+    before the last through `sdpa_block` (batch-first) instead of their own forward."""
     x = visual.conv1(images)  # [N, width, gh, gw]
     gh, gw = x.shape[-2:]
     x = x.flatten(2).transpose(1, 2)
@@ -117,11 +159,12 @@ def dense_patch_features(visual, images: torch.Tensor) -> torch.Tensor:
     x = torch.cat([cls, x], dim=1) + pos
     x = visual.ln_pre(x)
     *blocks, last = visual.transformer.resblocks
-    if not visual.transformer.batch_first:
+    seq_first = not sdpa and not visual.transformer.batch_first
+    if seq_first:
         x = x.transpose(0, 1)
     for block in blocks:
-        x = block(x)
-    if not visual.transformer.batch_first:
+        x = sdpa_block(block, x) if sdpa else block(x)
+    if seq_first:
         x = x.transpose(0, 1)
     attn = last.attn
     width = attn.embed_dim
