@@ -16,7 +16,6 @@ loaded through a memory:// checkpoint. 240x320 frames (ScanNet's), flip TTA, 2x 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -32,10 +31,11 @@ from benchmarks.models import (  # noqa: E402
     _peak_gb,
     _sync,
     _timed,
+    fast_path_args,
     random_clip_checkpoint,
-    run_and_record,
+    run_variants,
 )
-from benchmarks.sam_fast import _reset_peak, guarded  # noqa: E402
+from benchmarks.sam_fast import _reset_peak  # noqa: E402
 from sas_ray.models import build_teacher  # noqa: E402
 from sas_ray.models.base import frames_to_float  # noqa: E402
 from sas_ray.models.openclip_dense import patch_token_fn  # noqa: E402
@@ -105,29 +105,14 @@ class DenseBench:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    parser.add_argument("--tiny", action="store_true", help="tiny CLIP (checks the script, numbers meaningless)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", help="frame HxW (default 240x320, tiny 32x48)")
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--variants", default="fast,fast:default",
-                        help="comma list of fast[+<flash|efficient|cudnn|math>][:<torch.compile mode>]")
-    parser.add_argument("--out", help="folder for dense-fast-<device>.json")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    args = fast_path_args(__doc__, argv, "fast,fast:default",
+                          "fast[+<flash|efficient|cudnn|math>][:<torch.compile mode>]", batch=8, iters=10, warmup=2,
+                          extra=lambda p: p.add_argument("--size", help="frame HxW (default 240x320, tiny 32x48)"))
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 reference is true float32
     torch.backends.cudnn.allow_tf32 = False
-    dtype_name = args.dtype if device.type == "cuda" else "float32"  # CPU runs float32 (as the actors do)
     size = tuple(int(s) for s in (args.size or ("32x48" if args.tiny else "240x320")).split("x"))
-    bench = DenseBench(device, dtype_name, args.tiny, args.batch, size, args.iters, args.warmup)
-    runs = {"eager": bench.eager}
-    variants = [v for v in args.variants.split(",") if v]
-    runs.update({v: (lambda v=v: guarded("openclip-dense", v, lambda: bench.fast(v))) for v in variants})
-    return run_and_record("dense-fast", runs, device, dtype_name, args.tiny, args.iters, args.out)
-
+    bench = DenseBench(args.device, args.dtype_name, args.tiny, args.batch, size, args.iters, args.warmup)
+    return run_variants("dense-fast", "openclip-dense", {"eager": bench.eager}, bench.fast, args)
 
 if __name__ == "__main__":
     main()

@@ -187,6 +187,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_and_record("models", runs, device, dtype_name, args.tiny, args.iters, args.out)
 
 
+def fast_path_args(doc: str, argv: list[str] | None, variants: str, variants_help: str, batch: int, iters: int,
+                   warmup: int, batch_help: str | None = None, extra=None) -> argparse.Namespace:
+    """The arguments of a fast-path benchmark (eager vs variants on one model, one process): --device, --dtype,
+    --tiny, --batch, --iters, --warmup, --variants, --out, plus what `extra(parser)` adds; `args.device` becomes a
+    torch.device and `args.dtype_name` the dtype run (float32 on the CPU, as the actors run it)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    parser.add_argument("--tiny", action="store_true", help="tiny model (checks the script, numbers meaningless)")
+    parser.add_argument("--batch", type=int, default=batch, help=batch_help)
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--variants", default=variants, help=f"comma list of {variants_help}")
+    parser.add_argument("--out", help="folder for <benchmark>-<device>.json")
+    if extra:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.device = torch.device(args.device)
+    args.dtype_name = args.dtype if args.device.type == "cuda" else "float32"
+    return args
+
+
+def guarded(bench: str, variant: str, fn) -> dict:
+    """Run one measurement; an error becomes its JSON line instead of ending the run."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - reported, the other variants still run
+        return {"bench": bench, "variant": variant, "error": f"{type(err).__name__}: {err}"[:2000]}
+
+
+def run_variants(prefix: str, bench_name: str, runs: dict, fast, args: argparse.Namespace) -> list[dict]:
+    """`runs` (the baselines), then `fast(variant)` for each of args.variants, each guarded; see run_and_record."""
+    variants = [v for v in args.variants.split(",") if v]
+    runs.update({v: (lambda v=v: guarded(bench_name, v, lambda: fast(v))) for v in variants})
+    return run_and_record(prefix, runs, args.device, args.dtype_name, args.tiny, args.iters, args.out)
+
+
 def run_and_record(prefix: str, runs: dict, device: torch.device, dtype_name: str, tiny: bool, iters: int,
                    out: str | None) -> list[dict]:
     """Run each benchmark, print its JSON line, and write all records to {out}/{prefix}-<card>.json."""

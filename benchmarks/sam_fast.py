@@ -14,7 +14,6 @@ vs a float32 reference (TF32 off) on the first 2 images. ViT-H has random weight
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.models import DTYPES, _agreement, _peak_gb, _sync, _timed, run_and_record  # noqa: E402
+from benchmarks.models import DTYPES, _agreement, _peak_gb, _sync, _timed, fast_path_args, run_variants  # noqa: E402
 from sas_ray.models.sam import load_sam, sam_autocast  # noqa: E402
 from sas_ray.models.sam_fast import FastImageEncoder  # noqa: E402
 
@@ -98,35 +97,13 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def guarded(bench: str, variant: str, fn) -> dict:
-    """Run one measurement; an error becomes its JSON line instead of ending the run."""
-    try:
-        return fn()
-    except Exception as err:  # noqa: BLE001 - reported, the other variants still run
-        return {"bench": bench, "variant": variant, "error": f"{type(err).__name__}: {err}"[:2000]}
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    parser.add_argument("--tiny", action="store_true", help="tiny encoder (checks the script, numbers meaningless)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--variants", default="mask,fold", help="comma list of <mask|fold>[:<torch.compile mode>]")
-    parser.add_argument("--out", help="folder for sam-fast-<device>.json")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    args = fast_path_args(__doc__, argv, "mask,fold", "<mask|fold>[:<torch.compile mode>]", batch=8, iters=10,
+                          warmup=2)
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 reference is true float32
     torch.backends.cudnn.allow_tf32 = False
-    dtype_name = args.dtype if device.type == "cuda" else "float32"  # CPU runs float32 (as the actors do)
-    bench = EncoderBench(device, dtype_name, args.tiny, args.batch, args.iters, args.warmup)
-    runs = {"eager": bench.eager}
-    variants = [v for v in args.variants.split(",") if v]
-    runs.update({v: (lambda v=v: guarded("sam-encoder", v, lambda: bench.fast(v))) for v in variants})
-    return run_and_record("sam-fast", runs, device, dtype_name, args.tiny, args.iters, args.out)
-
+    bench = EncoderBench(args.device, args.dtype_name, args.tiny, args.batch, args.iters, args.warmup)
+    return run_variants("sam-fast", "sam-encoder", {"eager": bench.eager}, bench.fast, args)
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ IoU vs eager. SPEC settings by default: PNDM, 50 steps, guidance 7, 512 px; rand
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -28,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.capability import CLASSES, _random_sd_folder  # noqa: E402
-from benchmarks.models import DTYPES, _peak_gb, _sync, _timed, run_and_record  # noqa: E402
-from benchmarks.sam_fast import _reset_peak, guarded  # noqa: E402
+from benchmarks.models import DTYPES, _peak_gb, _sync, _timed, fast_path_args, run_variants  # noqa: E402
+from benchmarks.sam_fast import _reset_peak  # noqa: E402
 from sas_ray.models.diffusion import PROMPT, DiffusionGenerator  # noqa: E402
 
 
@@ -126,26 +125,14 @@ class GenerationBench:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    parser.add_argument("--tiny", action="store_true", help="tiny SD (checks the script, numbers meaningless)")
-    parser.add_argument("--batch", type=int, default=4, help="prompts per pipeline call")
-    parser.add_argument("--steps", type=int, default=50, help="PNDM steps (SAS: 50; --tiny: 2)")
-    parser.add_argument("--iters", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--variants", default="fast,fast+cl", help="comma list of fast[+cl][:<torch.compile mode>]")
-    parser.add_argument("--out", help="folder for sd-fast-<device>.json")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    dtype_name = args.dtype if device.type == "cuda" else "float32"  # CPU runs float32 (as the actors do)
-    bench = GenerationBench(device, dtype_name, args.tiny, args.batch, 2 if args.tiny else args.steps, args.iters,
-                            args.warmup)
-    runs = {"eager": bench.eager, "diffusers": bench.diffusers}
-    variants = [v for v in args.variants.split(",") if v]
-    runs.update({v: (lambda v=v: guarded("sd-generate", v, lambda: bench.fast(v))) for v in variants})
-    return run_and_record("sd-fast", runs, device, dtype_name, args.tiny, args.iters, args.out)
-
+    args = fast_path_args(__doc__, argv, "fast,fast+cl", "fast[+cl][:<torch.compile mode>]", batch=4, iters=2,
+                          warmup=1, batch_help="prompts per pipeline call",
+                          extra=lambda p: p.add_argument("--steps", type=int, default=50,
+                                                         help="PNDM steps (SAS: 50; --tiny: 2)"))
+    bench = GenerationBench(args.device, args.dtype_name, args.tiny, args.batch, 2 if args.tiny else args.steps,
+                            args.iters, args.warmup)
+    return run_variants("sd-fast", "sd-generate", {"eager": bench.eager, "diffusers": bench.diffusers}, bench.fast,
+                        args)
 
 if __name__ == "__main__":
     main()
