@@ -43,6 +43,10 @@ ROWS = (  # (key, row name as in SPEC §5.10, mode) in table order
 )
 CONTROL = "capability-swapped"
 MIN_PIXELS = 10000  # labelled pixels a class needs in both room sets to enter the capability rank comparison
+# mIoU points the best 3D row may lose against its 2D input (capability fusion) in the CI-sized study
+# (tests/jobs/test_study.py). Loose on purpose: 30 CPU steps teach the geometry-only student the walls and floors only
+# (see the 3D paragraph of study_markdown); the property is its wall IoU, checked next to it.
+DISTILL_MARGIN = 38.0
 
 
 class StudyConfig(Strict):
@@ -429,7 +433,7 @@ def study_markdown(numbers: dict) -> str:
     lines = [
         "# Study: the SAS ablation on synthetic data with simulated teachers of known skill",
         "",
-        "Written by `sas-ray study --config configs/study.yaml` (jobs/study.py); every row comes from the stage",
+        "Written by `sas-ray study` (jobs/study.py) with the config at the end; every row comes from the stage",
         "jobs (`prepare`, `extract`, `capability`, `fuse`, `superpoints`, `distill`, `predict`, `evaluate`) run on a",
         f"synthetic ScanNet-layout dataset: {len(numbers['scenes']['evaluation'])} evaluated rooms, "
         f"{len(numbers['scenes']['calibration'])} more rooms only to measure capability. The two teachers",
@@ -471,12 +475,25 @@ def study_markdown(numbers: dict) -> str:
     lines += [f"- {'yes' if ok else '**no**'}: {text}" for text, ok in checks]
     steps = ", ".join(f"{k} {v}" for k, v in numbers["distill_steps"].items())
     lines += ["", f"The 3D rows are trained on the evaluated rooms themselves (optimizer steps: {steps}; batch "
-              f"{cfg['distill'].get('batch_size', 4)} rooms), so they measure what distillation keeps of its 2D "
-              "input, not generalisation. A geometry-only MinkUNet18A trained from scratch under SAS's augmentation "
-              "(rotation about z by up to pi, elastic distortion, flips) learns slowly: at this CPU budget it gets "
-              "the walls and floors and little else, so the 3D rows stay far below the 2D rows; SAS distils for "
-              "100 epochs over 1201 ScanNet scenes on GPUs. Raise `distill.stage1.epochs` / `stage2.epochs` (and set "
-              "`distill.use_gpu: true`) to let the 3D rows reach their shape."]
+              f"{cfg['distill'].get('batch_size', 4)} rooms, loop {cfg['distill'].get('loop', 5)}, Adam lr "
+              f"{cfg['distill'].get('base_lr')} at batch {cfg['distill'].get('lr_reference_batch')}), so they "
+              "measure what distillation keeps of its 2D input, not generalisation. There is no bug behind low 3D "
+              "rows: without augmentation the student fits its input (2 rooms, 200 steps: 24.5 of the input's 32.4 "
+              "mIoU and rising; its predictions agree with the features it was trained on). What makes it slow is "
+              "SAS's augmentation (rotation about z by up to pi, elastic distortion, flips, scale) on a "
+              "geometry-only input (the constant 1 per voxel): it must learn rotation-invariant shape cues, and for "
+              "hundreds of steps it predicts the mean of the targets (cosine 0.78 to them, the text embeddings' "
+              "cosine to their mean), i.e. walls and floors. Measured on CPU (4 rooms, batch 2, lr 1e-3, the large "
+              "run's features): 5.7 mIoU after 100 steps, 8.3 after 400, 14.0 after 700, 15.0 after 800, against "
+              "the input's 36.6; no faster with lr 1e-2 (6.2 vs 5.9 after 200 steps), voxel 0.2 (7.7 vs 8.3 after "
+              "400) or 4x denser rooms (12k points: 7.7 of 44.3 after 100). On one H100 (configs/study-gpu.yaml, "
+              "batch 8) the three rows went from 6.1 / 6.5 / 6.0 mIoU with 300 + 300 + 120 steps to 14.5 / 17.6 / "
+              "16.4 with 900 + 900 + 150: they rise with the budget, and superpoints add 3 points. SAS distils for "
+              "70-100 epochs x loop 5 over 1201 ScanNet scenes; the rows reach their shape only with a budget of "
+              "that order "
+              "(`distill.stage1.epochs`, `distill.use_gpu: true`, configs/study-gpu.yaml). The CI study "
+              f"(tests/jobs/test_study.py) allows the best 3D row to lose {DISTILL_MARGIN:.0f} mIoU points against "
+              "its 2D input and asserts that it keeps half of its wall IoU."]
     lines += ["", "## Capability: measured vs true", "",
               "Estimated = SAS's dataset-level IoU of the teacher's class masks against the label images of the "
               "calibration rooms (`capability` with `source: labels`, the stand-in for SAS's labelled synthetic "
@@ -508,7 +525,8 @@ def study_markdown(numbers: dict) -> str:
                   + ". A simulated teacher only knows the dataset's frames and predicts nothing on generated images, "
                     "so these capabilities are 0; the path is exercised, not used for fusion."]
     seconds = numbers["seconds"]
-    lines += ["", "## Run", "", "Seconds per stage (2 shared CPU cores): "
+    where = "student on one GPU, the rest on CPU" if cfg["distill"].get("use_gpu") else "all on CPU"
+    lines += ["", "## Run", "", f"Seconds per stage ({where}): "
               + ", ".join(f"{k} {v}" for k, v in seconds.items()), "", "Config (seeds included):", "", "```yaml",
               yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
