@@ -7,7 +7,7 @@ Stage 1 (superpoint distillation) then stage 2 (EMA self-distillation), each one
 - Checkpoints every `checkpoint_every` steps to {output}/distill/train/{stage}/ (local or s3://; Ray Train's
   storage). Rerunning the same command restores the run of the same name and continues at its step.
 - Data: each worker reads its own scenes from storage (`scene_assignment`: an epoch's scenes are partitioned across
-  workers), voxelizes and augments them in a loader thread `prefetch` batches ahead of the GPU.
+  workers), voxelizes and augments them in `prefetch` loader threads, as many batches ahead of the GPU.
 - Stage 2 keeps the EMA history per scene under {output}/distill/history/; a scene is written only by its owner.
 The final model of each stage is exported to {output}/distill/{stage}/model.safetensors (`sas-ray predict` reads
 it), and its loss curve to {output}/distill/{stage}/losses.json.
@@ -257,7 +257,8 @@ def train_loop_per_worker(config: dict) -> None:
                 save_training_state(folder, model, optimizer, progress, metadata)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # each batch's draws depend on its step only, so loading `prefetch` of them at once changes no result
+    with ThreadPoolExecutor(max_workers=max(1, cfg.prefetch)) as pool:
         while progress["epoch"] < stage_cfg.epochs and progress["step"] < stop and not progress["finished"]:
             order = scene_assignment(scenes, progress["epoch"], rank, world, cfg.loop, cfg.seed)
             batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size]

@@ -301,7 +301,7 @@ class DistillConfig(Strict):
     max_failures: int = Field(3, ge=0)  # worker failures survived by restarting from the last checkpoint
     stop_after_steps: int | None = Field(None, ge=1)  # end this invocation after this many steps (time-boxed
     # runs: a checkpoint is written; rerun without it to continue)
-    prefetch: int = Field(2, ge=0)  # batches loaded ahead by each worker's loader thread
+    prefetch: int = Field(2, ge=0)  # batches each worker loads ahead, in as many threads (at least one)
     seed: int = 114514  # SAS
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True

@@ -7,6 +7,7 @@ safe components, so a unit id can never escape the output root.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,6 +29,8 @@ from sas_ray.ids import check_id
 
 _RETRY_ATTEMPTS = 5
 _RETRY_BASE_S = 0.2
+TMP_PREFIX = ".tmp-"  # a local write in flight; renamed into place when complete
+STALE_TMP_S = 3600.0  # no single write lasts this long: an older temporary is left by a killed writer
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -94,12 +97,17 @@ class Storage:
             parent = path.rsplit("/", 1)[0]
             if self.is_local:
                 self.fs.makedirs(parent, exist_ok=True)
-                tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.remove(tmp)
+                    raise
             else:
                 self.fs.pipe_file(path, data)
 
@@ -138,7 +146,24 @@ class Storage:
             entries = self.fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
-        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries if not e.rsplit("/", 1)[-1].startswith(".tmp-"))
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries
+                      if not e.rsplit("/", 1)[-1].startswith(TMP_PREFIX))
+
+    def sweep_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
+        """Remove the temporaries that killed writers left anywhere under this local root (object stores have none:
+        a PUT is whole or absent); returns how many. Younger ones may be writes in flight and stay."""
+        if not self.is_local or not os.path.isdir(self.root):
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if name.startswith(TMP_PREFIX) and os.path.getmtime(path) < cutoff:
+                        os.remove(path)
+                        removed += 1
+        return removed
 
     def sha256(self, rel: str) -> str:
         return sha256_bytes(self.read_bytes(rel))
@@ -247,6 +272,7 @@ class Manifest:
     FILE = "manifest.parquet"
 
     def __init__(self, stage: Storage, flush_every_s: float = 5.0):
+        stage.sweep_temporaries()  # a stage's (re)start tidies what a killed run of it left
         self.stage = stage
         self.flush_every_s = flush_every_s
         self.rows: dict[str, UnitResult] = {}

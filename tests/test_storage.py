@@ -55,6 +55,44 @@ def test_local_write_is_atomic_no_temp_left(tmp_path):
     assert store.read_bytes("x/y.bin") == b"2" * 10
 
 
+def test_failed_local_write_leaves_no_temporary_and_keeps_the_old_object(tmp_path, monkeypatch):
+    store = Storage(str(tmp_path))
+    store.write_bytes("x/y.bin", b"old")
+
+    def full_disk(fd):
+        raise ValueError("no space left")  # not an OSError: not retried
+
+    monkeypatch.setattr("sas_ray.storage.os.fsync", full_disk)
+    with pytest.raises(ValueError, match="no space left"):
+        store.write_bytes("x/y.bin", b"new")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["y.bin"]
+    assert store.read_bytes("x/y.bin") == b"old"
+
+
+def test_a_stage_restart_sweeps_stale_temporaries_only(tmp_path):
+    import os
+    import time
+
+    stage = Storage(str(tmp_path / "features" / "teacher"))
+    stage.write_bytes("scene0000_00.safetensors", b"done")
+    folder = tmp_path / "features" / "teacher"
+    stale, fresh, nested = folder / ".tmp-killed", folder / ".tmp-in-flight", folder / "sub" / ".tmp-old"
+    nested.parent.mkdir()
+    for path in (stale, fresh, nested):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    for path in (stale, nested):
+        os.utime(path, (hours_ago, hours_ago))
+    outside = tmp_path / ".tmp-other-stage"
+    outside.write_bytes(b"partial")
+    os.utime(outside, (hours_ago, hours_ago))
+
+    Manifest(stage)
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-in-flight", "scene0000_00.safetensors", "sub"]
+    assert not nested.exists() and outside.exists()  # the whole stage folder, nothing outside it
+    assert stage.read_bytes("scene0000_00.safetensors") == b"done"
+
+
 def test_manifest_resume_semantics(store):
     stage = store.child("features")
     manifest = Manifest(stage)
