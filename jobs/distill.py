@@ -152,6 +152,12 @@ def load_sample(cfg: DistillConfig, scene_id: str, with_features: bool):
     return SceneSample(scene_id, scene.points, superpoints, features, scene.labels)
 
 
+def step_generator(seed: list[int], step: int) -> torch.Generator:
+    """The torch generator of a training step's draws (the loss's voxel subset): a function of (seed, rank, step)
+    only, so a resumed run and the loader threads draw what the uninterrupted run draws."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([*seed, step]).generate_state(1)[0]))
+
+
 def _batch_loader(cfg: DistillConfig, stage: str, voxel_size: float, seed: list[int]):
     """A function scene ids -> collated Batch, with its own random stream per call."""
     from sas_ray.distill.batch import collate, voxelize_scene
@@ -160,7 +166,10 @@ def _batch_loader(cfg: DistillConfig, stage: str, voxel_size: float, seed: list[
         rng = np.random.default_rng([*seed, step])
         scenes = [voxelize_scene(load_sample(cfg, s, stage == "stage1"), voxel_size, rng, train=True)
                   for s in scene_ids]
-        return collate(scenes, rng)
+        if stage != "stage1":
+            return collate(scenes, rng)
+        # the loss's voxel subset, drawn as the training step would draw it: only its targets are gathered
+        return collate(scenes, rng, cfg.supervision_limit, step_generator(seed, step))
 
     return load
 
@@ -242,7 +251,6 @@ def train_loop_per_worker(config: dict) -> None:
     # Every random draw is a function of (seed, rank, step): a run resumed from a checkpoint continues exactly as
     # an uninterrupted one would.
     loader = _batch_loader(cfg, stage, voxel_size, [cfg.seed, rank])
-    generator = torch.Generator()
     done_here = 0
     fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
     stop = stage_cfg.max_steps or float("inf")
@@ -273,8 +281,7 @@ def train_loop_per_worker(config: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg.base_lr, progress["consumed"] / planned, progress["step"] == 0,
                                                 global_batch, cfg.lr_reference_batch, cfg.lr_x10_quirk)
-                step_seed = np.random.SeedSequence([cfg.seed, rank, progress["step"]]).generate_state(1)[0]
-                generator.manual_seed(int(step_seed))
+                generator = step_generator([cfg.seed, rank], progress["step"])
                 if stage == "stage1":
                     loss, _ = stage1_step(model, backend, batch, device, generator, cfg.supervision_limit, amp)
                 else:

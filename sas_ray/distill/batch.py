@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sas_ray.distill.losses import random_subset
 from sas_ray.distill.voxelize import augment_points, random_flip, voxelize
 from sas_ray.errors import InputError
 from sas_ray.scene import PointFeatures
@@ -39,8 +40,9 @@ class SceneSample:
 @dataclass
 class VoxelizedScene:
     """One scene after voxelization: coords int64 [V,3]; inverse int64 [N]; point_index int64 [V] (each voxel's
-    representative point); superpoints int64 [V] (of the representative); supervised bool [V] and target fp16 [S,C]
-    for the supervised voxels (stage 1)."""
+    representative point); superpoints int64 [V] (of the representative); for stage 1, supervised bool [V] and
+    target_rows int64 [S]: the rows of `features` (fp16 [M,C], the chosen chunk's) of the supervised voxels (gathered
+    by `collate`, only those the loss keeps)."""
 
     scene_id: str
     coords: torch.Tensor
@@ -48,7 +50,8 @@ class VoxelizedScene:
     point_index: torch.Tensor
     superpoints: torch.Tensor
     supervised: torch.Tensor | None = None
-    target: torch.Tensor | None = None
+    target_rows: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 def voxelize_scene(sample: SceneSample, voxel_size: float, rng: np.random.Generator, train: bool) -> VoxelizedScene:
@@ -65,7 +68,7 @@ def voxelize_scene(sample: SceneSample, voxel_size: float, rng: np.random.Genera
         chunk = chunks[int(rng.integers(len(chunks)))]
         out.supervised = chunk.mask_full[rep]
         row_of_point = torch.cumsum(chunk.mask_full.to(torch.int64), 0) - 1
-        out.target = chunk.feat[row_of_point[rep[out.supervised]]]
+        out.target_rows, out.features = row_of_point[rep[out.supervised]], chunk.feat
     return out
 
 
@@ -75,7 +78,8 @@ class Batch:
 
     coords int64 [V,4] (batch, x, y, z), translated; superpoints int64 [V], unique across scenes; voxel_offsets /
     point_offsets int64 [B+1]; inverse int64 [sum N] into the batch's voxels; representatives int64 [V] into the
-    batch's points; supervised bool [V] + target [S,C] when every scene has features."""
+    batch's points; supervised bool [V] + target [S,C] when every scene has features: the supervised voxels' targets,
+    or with loss_rows int64 [L] (a subset drawn by `collate`) only those voxels' targets, row i for loss_rows[i]."""
 
     scene_ids: list[str]
     coords: torch.Tensor
@@ -86,14 +90,19 @@ class Batch:
     representatives: torch.Tensor
     supervised: torch.Tensor | None
     target: torch.Tensor | None
+    loss_rows: torch.Tensor | None = None
 
     def input_features(self) -> torch.Tensor:
         """The constant (1, 1, 1) per voxel: geometry-only input (`input_color: False`)."""
         return torch.ones(self.coords.shape[0], 3)
 
 
-def collate(scenes: list[VoxelizedScene], rng: np.random.Generator | None) -> Batch:
-    """Concatenate scenes; `rng` given = the per-batch random translation."""
+def collate(scenes: list[VoxelizedScene], rng: np.random.Generator | None, limit: int | None = None,
+            generator: torch.Generator | None = None) -> Batch:
+    """Concatenate scenes; `rng` given = the per-batch random translation. With `limit`, the stage-1 loss's random
+    subset of the supervised voxels is drawn here (`random_subset` with `generator`, as `steps.stage1_rows` would
+    draw it) and only its targets are gathered: the loader's memory and time go to the 20k voxels the loss keeps,
+    not to every supervised voxel's 512-d feature."""
     coords, superpoints, inverse, representatives = [], [], [], []
     voxel_offsets, point_offsets = [0], [0]
     sp_base = 0
@@ -109,9 +118,25 @@ def collate(scenes: list[VoxelizedScene], rng: np.random.Generator | None) -> Ba
     coords = torch.cat(coords)
     if rng is not None:
         coords[:, 1:] += torch.from_numpy(np.floor(rng.random(3) * TRANSLATION_VOXELS).astype(np.int64))
-    supervised = target = None
+    supervised = target = loss_rows = None
     if all(s.supervised is not None for s in scenes):
         supervised = torch.cat([s.supervised for s in scenes])
-        target = torch.cat([s.target for s in scenes])
+        rows = torch.cat([s.target_rows for s in scenes])
+        owner = torch.repeat_interleave(torch.tensor([len(s.target_rows) for s in scenes]))  # scene of each row
+        subset = None if limit is None else random_subset(len(rows), limit, generator)
+        if subset is not None:
+            loss_rows = supervised.nonzero().squeeze(1)[subset]
+            rows, owner = rows[subset], owner[subset]
+        target = _gather_targets(scenes, rows, owner)
     return Batch([s.scene_id for s in scenes], coords, torch.cat(superpoints), torch.tensor(voxel_offsets),
-                 torch.tensor(point_offsets), torch.cat(inverse), torch.cat(representatives), supervised, target)
+                 torch.tensor(point_offsets), torch.cat(inverse), torch.cat(representatives), supervised, target,
+                 loss_rows)
+
+
+def _gather_targets(scenes: list[VoxelizedScene], rows: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Row `rows[i]` of scene `owner[i]`'s features, for every i, in that order."""
+    target = scenes[0].features.new_empty(len(rows), scenes[0].features.shape[1])
+    for b, scene in enumerate(scenes):
+        mine = (owner == b).nonzero().squeeze(1)
+        target[mine] = scene.features[rows[mine]]
+    return target

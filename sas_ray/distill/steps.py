@@ -56,7 +56,9 @@ def forward(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: to
 def stage1_rows(batch: Batch, limit: int = SUPERVISION_LIMIT, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(voxel rows, rows of `batch.target`) entering the stage-1 loss: the supervised voxels, a random `limit`
-    of them if more (SAS)."""
+    of them if more (SAS); the subset `collate` drew, when it did."""
+    if batch.loss_rows is not None:
+        return batch.loss_rows, torch.arange(len(batch.loss_rows))
     voxels = batch.supervised.nonzero().squeeze(1)
     subset = random_subset(voxels.shape[0], limit, generator)
     if subset is None:

@@ -16,7 +16,7 @@ from sas_ray.storage import Storage
 CPU = torch.device("cpu")
 
 
-def _batch(dim=6, scenes=2, n=500, seed=0):
+def _batch(dim=6, scenes=2, n=500, seed=0, limit=None, generator=None):
     rng = np.random.default_rng(seed)
     samples = []
     for i in range(scenes):
@@ -25,7 +25,7 @@ def _batch(dim=6, scenes=2, n=500, seed=0):
         feat = torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(i)), dim=1)
         mask = torch.from_numpy(rng.random(n) < 0.7)
         samples.append(SceneSample(f"s{i}", xyz, superpoints, PointFeatures(feat[mask].half(), mask)))
-    return collate([voxelize_scene(s, 0.05, rng, train=True) for s in samples], rng)
+    return collate([voxelize_scene(s, 0.05, rng, train=True) for s in samples], rng, limit, generator)
 
 
 def _model(dim):
@@ -40,6 +40,29 @@ def _grads(model):
 def _double(batch):
     batch.target = batch.target.double()
     return batch
+
+
+def test_the_loaders_subset_gives_the_steps_loss_bit_for_bit():
+    """collate drawing the loss's subset (and gathering only its targets) = stage1_step drawing it from the batch
+    with every supervised target, given the same generator state."""
+    limit = 150
+    full = _batch()
+    assert int(full.supervised.sum()) > limit and full.loss_rows is None
+    early = _batch(limit=limit, generator=torch.Generator().manual_seed(3))
+    assert early.target.shape == (limit, 6) and early.loss_rows.shape == (limit,)
+    losses = []
+    for batch, generator in ((full, torch.Generator().manual_seed(3)), (early, torch.Generator().manual_seed(99))):
+        model = _model(6).float()
+        loss, _ = stage1_step(model, TorchBackend(), batch, CPU, generator, limit)
+        loss.backward()
+        losses.append((loss, _grads(model)))
+    assert torch.equal(losses[0][0], losses[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(losses[0][1], losses[1][1]))
+    # the same voxels and targets, row for row: the subset of the supervised voxels' rows in `full`
+    voxels = full.supervised.nonzero().squeeze(1)
+    subset = random_subset(len(voxels), limit, torch.Generator().manual_seed(3))
+    assert torch.equal(early.loss_rows, voxels[subset])
+    assert torch.equal(early.target, full.target[subset])
 
 
 def test_stage1_head_on_the_loss_voxels_equals_the_full_head():
