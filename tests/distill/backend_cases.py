@@ -30,6 +30,24 @@ def rows_by_coords(coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     return feats[torch.argsort(keys)]
 
 
+def assert_strided_conv_matches_torch(backend, k: int) -> None:
+    """A stride-2 convolution of kernel `k` then its transpose, on voxels with negative coordinates (their floor, as
+    ME): `backend`'s output coordinates, features and gradients equal the torch backend's."""
+    coords = random_voxels(300, seed=3, shift=-37)
+    results = []
+    for each in (TorchBackend(), backend):
+        feats, down_w, up_w = leaves((len(coords), 3), (k ** 3, 3, 5), (k ** 3, 5, 2), seed=4)
+        down = each.conv(each.sparse_tensor(coords, feats), down_w, k, 2)
+        up = each.conv_transpose(down.replace(torch.relu(down.feats)), up_w, k, 2)
+        assert down.stride == 2 and up.stride == 1 and torch.equal(up.coords, coords)
+        grads = torch.autograd.grad((up.feats * probe(up.feats.shape, 5)).sum(), [feats, down_w, up_w])
+        results.append((torch.unique(down.coords, dim=0), rows_by_coords(down.coords, down.feats), up.feats, *grads))
+    reference, ours = results
+    assert torch.equal(ours[0], reference[0])
+    for mine, theirs in zip(ours[1:], reference[1:]):
+        torch.testing.assert_close(mine, theirs)
+
+
 def assert_minkunet18a_matches_torch(backend) -> None:
     """MinkUNet18A in float64, train mode (batch statistics, as in training): `backend`'s output and every weight
     gradient equal the torch backend's for the same weights."""

@@ -18,7 +18,14 @@ from sas_ray.distill.minkowski_backend import MinkowskiBackend  # noqa: E402
 from sas_ray.distill.minkunet import MinkUNet18A  # noqa: E402
 from sas_ray.distill.sparse import TorchBackend  # noqa: E402
 
-from backend_cases import assert_minkunet18a_matches_torch, leaves, probe, random_voxels, rows_by_coords  # noqa: E402,I001
+from backend_cases import (  # noqa: E402,I001
+    assert_minkunet18a_matches_torch,
+    assert_strided_conv_matches_torch,
+    leaves,
+    probe,
+    random_voxels,
+    rows_by_coords,
+)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -38,19 +45,7 @@ def test_stride1_conv_and_gradients_match_torch_backend(k):
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_strided_conv_and_transpose_match_torch_backend_with_negative_coordinates(k):
-    coords = random_voxels(300, seed=3, shift=-37)  # floor of negative coordinates, as ME
-    results = []
-    for backend in (TorchBackend(), MinkowskiBackend()):
-        feats, down_w, up_w = leaves((len(coords), 3), (k ** 3, 3, 5), (k ** 3, 5, 2), seed=4)
-        down = backend.conv(backend.sparse_tensor(coords, feats), down_w, k, 2)
-        up = backend.conv_transpose(down.replace(torch.relu(down.feats)), up_w, k, 2)
-        assert down.stride == 2 and up.stride == 1 and torch.equal(up.coords, coords)
-        grads = torch.autograd.grad((up.feats * probe(up.feats.shape, 5)).sum(), [feats, down_w, up_w])
-        results.append((torch.unique(down.coords, dim=0), rows_by_coords(down.coords, down.feats), up.feats, *grads))
-    torch_result, me_result = results
-    assert torch.equal(me_result[0], torch_result[0])
-    for ours, reference in zip(me_result[1:], torch_result[1:]):
-        torch.testing.assert_close(ours, reference)
+    assert_strided_conv_matches_torch(MinkowskiBackend(), k)
 
 
 def test_minkunet18a_forward_and_weight_gradients_match_torch_backend():

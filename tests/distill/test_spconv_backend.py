@@ -10,7 +10,14 @@ from sas_ray.distill.minkunet import MinkUNet18A  # noqa: E402
 from sas_ray.distill.sparse import TorchBackend  # noqa: E402
 from sas_ray.distill.spconv_backend import SpconvBackend  # noqa: E402
 
-from backend_cases import assert_minkunet18a_matches_torch, leaves, probe, random_voxels, rows_by_coords  # noqa: E402,I001
+from backend_cases import (  # noqa: E402,I001
+    assert_minkunet18a_matches_torch,
+    assert_strided_conv_matches_torch,
+    leaves,
+    probe,
+    random_voxels,
+    rows_by_coords,
+)
 
 
 @pytest.mark.parametrize("k", [3, 5])
@@ -28,20 +35,7 @@ def test_submanifold_conv_and_gradients_match_torch_backend(k):
 
 
 def test_strided_conv_and_transpose_match_torch_backend_with_negative_coordinates():
-    coords = random_voxels(300, seed=3, shift=-37)  # floor of negative coordinates, as ME
-    results = []
-    for backend in (TorchBackend(), SpconvBackend()):
-        feats, down_w, up_w = leaves((len(coords), 3), (8, 3, 5), (8, 5, 2), seed=4)
-        x = backend.sparse_tensor(coords, feats)
-        down = backend.conv(x, down_w, 2, 2)
-        up = backend.conv_transpose(down.replace(torch.relu(down.feats)), up_w, 2, 2)
-        assert down.stride == 2 and up.stride == 1 and torch.equal(up.coords, coords)
-        results.append((torch.unique(down.coords, dim=0), rows_by_coords(down.coords, down.feats), up.feats,
-                        *torch.autograd.grad((up.feats * probe(up.feats.shape, 5)).sum(), [feats, down_w, up_w])))
-    torch_result, spconv_result = results
-    assert torch.equal(spconv_result[0], torch_result[0])
-    for ours, reference in zip(spconv_result[1:], torch_result[1:]):
-        torch.testing.assert_close(ours, reference)
+    assert_strided_conv_matches_torch(SpconvBackend(), 2)
 
 
 def test_minkunet18a_forward_and_weight_gradients_match_torch_backend():
