@@ -250,7 +250,8 @@ def train_loop_per_worker(config: dict) -> None:
                 "voxel_size": str(voxel_size), "stage": stage}
     # Every random draw is a function of (seed, rank, step): a run resumed from a checkpoint continues exactly as
     # an uninterrupted one would.
-    loader = _batch_loader(cfg, stage, voxel_size, [cfg.seed, rank])
+    seed = [cfg.seed, rank]
+    loader = _batch_loader(cfg, stage, voxel_size, seed)
     done_here = 0
     fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
     stop = stage_cfg.max_steps or float("inf")
@@ -281,7 +282,7 @@ def train_loop_per_worker(config: dict) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg.base_lr, progress["consumed"] / planned, progress["step"] == 0,
                                                 global_batch, cfg.lr_reference_batch, cfg.lr_x10_quirk)
-                generator = step_generator([cfg.seed, rank], progress["step"])
+                generator = step_generator(seed, progress["step"])
                 if stage == "stage1":
                     loss, _ = stage1_step(model, backend, batch, device, generator, cfg.supervision_limit, amp)
                 else:
