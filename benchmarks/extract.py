@@ -1,18 +1,26 @@
-"""Extraction throughput, side by side in one run: the Ray Data pipeline vs the same teacher model-only vs the
-sequential OpenScene-style reference, plus peak memory at 1x and 10x the number of scenes.
+"""Extraction end to end: `run_extract` over a dataset-size run vs each teacher's model-only rate, side by side.
 
 Data: synthetic ScanNet-size scenes (320x240 frames, ~150k-point rooms). Rendering is not what is measured, so a
 few base rooms with `--unique-views` rendered views each are replicated into `--scenes` scenes of `--frames` frames
-(index rows cycle over the rendered views; every frame is still decoded, encoded and fused).
+(index rows cycle over the rendered views; every frame is still decoded, encoded and fused by every teacher).
 
-    python benchmarks/extract.py --device cuda --scenes 4 --frames 100 --out docs/perf/extract-h100.json
+    python -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip --scenes 40 --frames 100 \
+        --out docs/perf/extract-sas-pair-h200.json         # the SAS pair on one GPU (0.5 GPU per actor)
+    python -m benchmarks.extract --device cpu --arch tiny --teachers openclip-dense --scenes 2 --frames 8 \
+        --unique-views 2 --points 150000 --batch-size 4 --memory-10x      # peak memory at 1x and 10x scenes
 
-Prints one JSON line.
+Reported: `pipeline_fps` = frames written per second from the job's start (Ray start included) to its end, every
+teacher having fused every frame; `startup_s` (until the first scene group came back) and its share of the run;
+each teacher's model-only frames/s (teacher.encode on frames already on the device, same options and weights) and
+the pipeline's ratio to the slower one; the GPU-busy fraction over the run (NVML utilisation sampled every 0.2 s);
+peak PSS of the driver and Ray's processes. Random SAM weights keep no masks at SAM's thresholds, so `sam-clip` runs
+at a calibrated IoU threshold and `max_masks` (`--masks`, see benchmarks/sam_clip.py). Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -117,10 +125,19 @@ class PeakMemory(Sampler):
         self.peak = max(self.peak, tree_memory(self._me)[1])
 
 
-def teacher_spec(args, weights: str | None) -> dict:
-    return {"name": "openclip-dense", "weights": weights, "tiny": weights is None, "gpus": args.gpus_per_actor,
-            "pool": [args.actors, args.actors], "batch_size": args.batch_size, "dtype": args.dtype,
-            "options": {**({"arch": args.arch} if weights else {}), **args.teacher_options}}
+class GpuBusy(Sampler):
+    """The mean NVML utilisation of the current GPU (fraction of time a kernel was running) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(torch.cuda.utilization() / 100)
+
+    @property
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 3) if self.samples else None
 
 
 def random_checkpoint(arch: str, path: str) -> str:
@@ -131,6 +148,28 @@ def random_checkpoint(arch: str, path: str) -> str:
     model = open_clip.create_model(arch, pretrained=None)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     return path
+
+
+def teacher_specs(args, work: str) -> list[dict]:
+    """The teachers' spec dicts (ExtractConfig.teachers) with random real-size checkpoints, or tiny models."""
+    tiny = args.arch == "tiny"
+    clip = None if tiny else random_checkpoint(args.arch, f"{work}/clip.safetensors")
+    specs = []
+    for name in args.teachers.split(","):
+        options = {} if tiny else {"arch": args.arch}
+        if name == "sam-clip" and not tiny:
+            from segment_anything import sam_model_registry
+
+            from sas_ray.models.weights import write_checkpoint
+
+            with torch.device(args.device):
+                write_checkpoint(sam_model_registry[args.sam_arch](checkpoint=None).state_dict(),
+                                 f"{work}/sam.safetensors")
+            options.update(sam_weights=f"{work}/sam.safetensors", sam_arch=args.sam_arch)
+        specs.append({"name": name, "weights": clip, "tiny": tiny, "gpus": args.gpus_per_actor,
+                      "pool": [args.actors, args.actors], "batch_size": args.batch_size[name], "dtype": args.dtype,
+                      "options": {**options, **args.teacher_options.get(name, {})}})
+    return specs
 
 
 def model_only(teacher, frames: torch.Tensor, batch_size: int, iters: int) -> float:
@@ -149,99 +188,125 @@ def model_only(teacher, frames: torch.Tensor, batch_size: int, iters: int) -> fl
     return done / (time.perf_counter() - start)
 
 
-def pipeline(args, prepared: Storage, work: str, weights: str | None, tag: str) -> tuple[float, float, float, int]:
-    """(end-to-end frames/s, steady-state frames/s after the first scene, start-up seconds, peak PSS bytes)."""
-    cfg = parse_config({"prepared": prepared.root_url, "output": f"{work}/out-{tag}",
-                        "teachers": [teacher_spec(args, weights)], "frames_per_task": args.frames_per_task,
-                        "progress": False}, ExtractConfig)
+def measure_models(args, specs: list[dict], images: torch.Tensor) -> dict:
+    """Each teacher's model-only frames/s; a sam-clip spec gets its calibrated mask options written into it."""
+    from benchmarks.sam_clip import calibrate, configure
+
+    rates = {}
+    for spec in specs:
+        teacher = build_teacher(spec["name"], spec["weights"], tiny=spec["tiny"], device=args.device,
+                                dtype=getattr(torch, args.dtype), **spec["options"])
+        if spec["name"] == "sam-clip":
+            options = calibrate(teacher.masks, images[:spec["batch_size"]].to(args.device), args.candidates,
+                                args.masks)
+            configure(teacher.masks, options)
+            spec["options"].update({k: options[k] for k in ("pred_iou_thresh", "stability_score_thresh",
+                                                            "box_nms_thresh", "max_masks")})
+        rates[spec["name"]] = model_only(teacher, images.to(args.device), spec["batch_size"],
+                                         iters=max(4, 2 * len(images) // spec["batch_size"]))
+        del teacher
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return rates
+
+
+def pipeline(args, prepared: Storage, work: str, specs: list[dict], tag: str) -> dict:
+    """One `run_extract` from a cold start (Ray started inside the timed region) to its last write."""
+    import ray
+
+    cfg = parse_config({"prepared": prepared.root_url, "output": f"{work}/out-{tag}", "teachers": specs,
+                        "frames_per_task": args.frames_per_task, "progress": False}, ExtractConfig)
     frames = len(read_frame_index(prepared))
-    with PeakMemory() as memory:
+    busy = GpuBusy() if args.device == "cuda" else contextlib.nullcontext()
+    with PeakMemory() as memory, busy:
         start = time.perf_counter()
-        (report,) = run_extract(cfg)
+        reports = run_extract(cfg)
         seconds = time.perf_counter() - start
-    assert report.failed == 0, report.summary()
-    steady = (frames - args.frames) / (seconds - report.first_output_seconds)
-    return frames / seconds, steady, report.first_output_seconds, memory.peak
+    ray.shutdown()
+    for report in reports:
+        assert report.failed == 0, report.summary()
+    startup = min(r.first_output_seconds for r in reports)
+    return {"frames": frames, "seconds": round(seconds, 1), "pipeline_fps": round(frames / seconds, 2),
+            "startup_s": round(startup, 1), "startup_share": round(startup / seconds, 3),
+            "gpu_busy": getattr(busy, "mean", None), "peak_pss_gb": round(memory.peak / 1e9, 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--arch", default="ViT-L-14", help="open_clip arch with random weights ('tiny' = tiny model)")
+    parser.add_argument("--teachers", default="openclip-dense,sam-clip", help="comma list (the SAS pair by default)")
+    parser.add_argument("--arch", default="ViT-L-14", help="open_clip arch with random weights ('tiny' = tiny models)")
+    parser.add_argument("--sam-arch", default="vit_h")
     parser.add_argument("--dtype", default="float16")
-    parser.add_argument("--scenes", type=int, default=4, help="scenes at 1x (10x is also run unless --no-10x)")
+    parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--frames", type=int, default=100, help="frames per scene (ScanNet every 20th ~ 100)")
     parser.add_argument("--unique-views", type=int, default=12)
     parser.add_argument("--base-scenes", type=int, default=2)
     parser.add_argument("--points", type=int, default=150_000)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=json.loads, default={"openclip-dense": 16, "sam-clip": 8},
+                        help='frames per forward per teacher, JSON, e.g. \'{"openclip-dense": 16}\'')
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--gpus-per-actor", type=float, default=1.0)
-    parser.add_argument("--frames-per-task", type=int, default=128)
-    parser.add_argument("--reference-frames", type=int, default=30)
-    parser.add_argument("--no-10x", action="store_true")
+    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 / number of teachers")
+    parser.add_argument("--frames-per-task", type=int, default=64)
+    parser.add_argument("--masks", type=int, default=100, help="sam-clip: masks kept per frame (max_masks)")
+    parser.add_argument("--candidates", type=int, default=400, help="sam-clip: candidates passing the IoU filter")
+    parser.add_argument("--reference-frames", type=int, default=0, help="also time OpenScene's sequential loop "
+                        "(first teacher) on this many frames")
+    parser.add_argument("--memory-10x", action="store_true", help="also run 10x the scenes: peak memory ratio")
     parser.add_argument("--teacher-options", type=json.loads, default={},
-                        help='JSON options of openclip-dense for every column, e.g. \'{"compile_mode": "default"}\'')
+                        help='JSON options per teacher, e.g. \'{"openclip-dense": {"compile_mode": "default"}}\'')
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    names = args.teachers.split(",")
+    if isinstance(args.batch_size, int):
+        args.batch_size = dict.fromkeys(names, args.batch_size)
+    args.batch_size = {n: args.batch_size.get(n, 8) for n in names}
+    if args.gpus_per_actor is None:
+        args.gpus_per_actor = 1.0 / len(names)
     if args.device == "cpu":
         args.gpus_per_actor = 0.0
         args.dtype = "float32"
 
-    import ray
-
-    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as work:
         t0 = time.perf_counter()
         base = build_dataset(work, args.base_scenes, args.unique_views, args.points)
         render_s = time.perf_counter() - t0
-        weights = None if args.arch == "tiny" else random_checkpoint(args.arch, f"{work}/clip.safetensors")
         one_x = Storage(f"{work}/x1")
         replicate(base, one_x, args.scenes, args.frames)
-
-        dtype = getattr(torch, args.dtype)
-        teacher = build_teacher("openclip-dense", weights, tiny=weights is None, device=args.device, dtype=dtype,
-                                **({"arch": args.arch} if weights else {}), **args.teacher_options)
+        specs = teacher_specs(args, work)
         rows = read_frame_index(one_x).to_pylist()
-        images = torch.stack([torch.from_numpy(read_frame(r).rgb) for r in rows[:args.batch_size * 2]])
-        model_fps = model_only(teacher, images.to(args.device), args.batch_size,
-                               iters=max(4, args.reference_frames // args.batch_size * 4))
-
-        scene_id = rows[0]["scene"]
-        ref_frames = [read_frame(r) for r in rows if r["scene"] == scene_id][:args.reference_frames]
-        start = time.perf_counter()
-        reference_fusion(teacher, read_scene(one_x, scene_id), ref_frames, cut_bound=10, vis_thres=0.25)
-        reference_fps = len(ref_frames) / (time.perf_counter() - start)
-        fast = teacher.fast
-        del teacher
-        torch.cuda.empty_cache() if args.device == "cuda" else None
-
-        pipe_fps, steady_fps, startup_s, peak_1x = pipeline(args, one_x, work, weights, "x1")
+        images = torch.stack([torch.from_numpy(read_frame(r).rgb) for r in rows[:32]])
+        rates = measure_models(args, specs, images)
+        slower = min(rates, key=rates.get)
         result = {"benchmark": "extract", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                  "teacher": f"openclip-dense {args.arch} {args.dtype}", "teacher_options": args.teacher_options,
-                  "fast": fast, "scenes": args.scenes,
-                  "frames_per_scene": args.frames, "points": read_scene(one_x, scene_id).num_points,
-                  "image": "320x240", "batch_size": args.batch_size, "actors": args.actors,
-                  "gpus_per_actor": args.gpus_per_actor, "model_only_fps": round(model_fps, 2),
-                  "pipeline_fps": round(pipe_fps, 2), "pipeline_fps_steady": round(steady_fps, 2),
-                  "startup_s": round(startup_s, 1), "reference_fps": round(reference_fps, 2),
-                  "pipeline_vs_model": round(pipe_fps / model_fps, 3),
-                  "steady_vs_model": round(steady_fps / model_fps, 3),
-                  "pipeline_vs_reference": round(pipe_fps / reference_fps, 2),
-                  "peak_pss_gb_1x": round(peak_1x / 1e9, 2),
-                  "render_seconds": round(render_s, 1)}
-        if not args.no_10x:
+                  "teachers": {s["name"]: {k: s[k] for k in ("batch_size", "gpus", "options")} for s in specs},
+                  "arch": args.arch, "dtype": args.dtype, "scenes": args.scenes, "frames_per_scene": args.frames,
+                  "points": read_scene(one_x, rows[0]["scene"]).num_points, "image": "320x240",
+                  "model_only_fps": {k: round(v, 2) for k, v in rates.items()}, "render_seconds": round(render_s, 1)}
+        if args.reference_frames:
+            result["reference_fps"] = reference_rate(args, specs[0], one_x, rows)
+        run = pipeline(args, one_x, work, specs, "x1")
+        result.update(run)
+        result["pipeline_vs_slower_model"] = round(run["pipeline_fps"] / rates[slower], 3)
+        result["slower_teacher"] = slower
+        if args.memory_10x:
             ten_x = Storage(f"{work}/x10")
             replicate(base, ten_x, args.scenes * 10, args.frames)
-            pipe_fps_10, steady_10, _, peak_10x = pipeline(args, ten_x, work, weights, "x10")
-            result.update({"pipeline_fps_10x": round(pipe_fps_10, 2), "pipeline_fps_steady_10x": round(steady_10, 2),
-                           "steady_vs_model_10x": round(steady_10 / model_fps, 3),
-                           "steady_vs_reference_10x": round(steady_10 / reference_fps, 2),
-                           "peak_pss_gb_10x": round(peak_10x / 1e9, 2),
-                           "peak_pss_ratio_10x_vs_1x": round(peak_10x / peak_1x, 3)})
-    ray.shutdown()
+            run10 = pipeline(args, ten_x, work, specs, "x10")
+            result.update({"pipeline_fps_10x": run10["pipeline_fps"], "peak_pss_gb_10x": run10["peak_pss_gb"],
+                           "peak_pss_ratio_10x_vs_1x": round(run10["peak_pss_gb"] / run["peak_pss_gb"], 3)})
     emit(result, args.out, append=False)
+
+
+def reference_rate(args, spec: dict, prepared: Storage, rows: list[dict]) -> float:
+    """frames/s of OpenScene's sequential fusion loop with the first teacher on one scene's frames."""
+    teacher = build_teacher(spec["name"], spec["weights"], tiny=spec["tiny"], device=args.device,
+                            dtype=getattr(torch, args.dtype), **spec["options"])
+    scene_id = rows[0]["scene"]
+    frames = [read_frame(r) for r in rows if r["scene"] == scene_id][:args.reference_frames]
+    start = time.perf_counter()
+    reference_fusion(teacher, read_scene(prepared, scene_id), frames, cut_bound=10, vis_thres=0.25)
+    return round(len(frames) / (time.perf_counter() - start), 2)
 
 
 if __name__ == "__main__":

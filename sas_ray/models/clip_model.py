@@ -85,8 +85,8 @@ def load_clip(arch: str, weights: str | None, *, tiny: bool, device: str | torch
     cfg = arch_config(arch)
     preprocess = cfg.pop("preprocess_cfg", {})
     cfg.pop("custom_text", None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if tiny else device):  # a real model's random
+        torch.manual_seed(seed)                                                       # init runs on the device
         model = open_clip.CLIP(**cfg)
     if tiny:
         space = f"openclip:{arch}:seed{seed}"

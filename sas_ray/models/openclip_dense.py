@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sas_ray.errors import ConfigError
 from sas_ray.models.base import Resources, Teacher, frames_to_float, register_teacher
-from sas_ray.models.clip_model import load_clip
+from sas_ray.models.clip_model import ClipModel, load_clip
 from sas_ray.models.openclip_dense_fast import (
     CompiledChunks,
     check_sdpa_blocks,
@@ -40,10 +40,11 @@ class OpenClipDense(Teacher):
     def __init__(self, weights: str | None = None, *, tiny: bool = False, device="cpu", dtype=torch.float32,
                  storage_options: dict | None = None, arch: str = "ViT-L-14", flip: bool = True,
                  input_scale: float = 2.0, crop_size: int | None = None, seed: int = 0, fast: bool | None = None,
-                 compile_mode: str | None = None, sdpa_backend: str | None = None):
+                 compile_mode: str | None = None, sdpa_backend: str | None = None, clip: ClipModel | None = None):
+        """`clip`: an already loaded CLIP to share (the mask teacher's `region: pool`); else `arch` + `weights`."""
         super().__init__(device, dtype)
-        self.clip = load_clip(arch, weights, tiny=tiny, device=self.device, dtype=dtype,
-                              storage_options=storage_options, seed=seed)
+        self.clip = clip or load_clip(arch, weights, tiny=tiny, device=self.device, dtype=dtype,
+                                      storage_options=storage_options, seed=seed)
         self.dim = self.clip.dim
         self.text_space = self.clip.text_space
         self.flip = flip

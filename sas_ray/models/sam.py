@@ -52,8 +52,8 @@ def load_sam(arch: str = "vit_h", weights: str | None = None, *, tiny: bool = Fa
     `tiny=True` (the tiny arch, random weights seeded by `seed`)."""
     check_weights_choice("SAM", weights, tiny)
     arch = TINY_ARCH if tiny else arch
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if tiny else device):  # a real model's random
+        torch.manual_seed(seed)                                                       # init runs on the device
         if arch == TINY_ARCH:
             sam = tiny_sam()
         elif arch in SAM_ARCHS:
