@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from functools import partial
 from pathlib import Path
@@ -48,8 +49,12 @@ def test_cluster_yaml_matches_ray_schema_and_keeps_work_off_the_head():
         assert spot == ("-spot-" in name), name  # the names say which types are spot (the fallback order uses them)
         assert 0 == t["min_workers"] <= t["max_workers"] <= config["max_workers"]
     # No package installs on the nodes: the image has everything (tests/test_dockerfile.py resolves its packages).
-    assert not config.get("setup_commands") and config["docker"]["image"] == "sas-ray:0.1.0"
-    assert "sas-ray:0.1.0" in " ".join(config["initialization_commands"])
+    # deploy/aws/setup.sh pushes that image to the region's ECR that the hosts pull it from.
+    setup = dict(re.findall(r"^(REGION|IMAGE)=(\S+)", (ROOT / "deploy" / "aws" / "setup.sh").read_text(), re.M))
+    assert not config.get("setup_commands") and config["docker"]["image"] == setup["IMAGE"]
+    pull = " ".join(config["initialization_commands"])
+    assert f"ecr.{setup['REGION']}.amazonaws.com" in pull and f"/{setup['IMAGE']}" in pull
+    assert setup["REGION"] == REGION
 
 
 def test_ray_up_accepts_it():
