@@ -83,7 +83,7 @@ def run_predict(cfg: PredictConfig, address: str | None = None) -> StageReport:
     weights = ray.put(model.state_dict())
     cfg_hash = config_hash(cfg)
     units = [(s, (cfg.model_dump(), s, weights, model.out_channels, text_space, voxel_size, cfg_hash)) for s in todo]
-    run_unit_tasks(_predict_task, units, manifest, report, "predict", cfg.progress)
+    run_unit_tasks(_predict_task, units, manifest, report, "predict", cfg.progress, num_gpus=1 if cfg.use_gpu else 0)
     report.seconds = time.perf_counter() - start
     report.outputs["features"] = stage.url()
     return report

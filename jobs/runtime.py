@@ -57,10 +57,11 @@ class StageReport:
 
 
 def run_unit_tasks(fn: Callable, units: list[tuple[str, tuple]], manifest, report: StageReport, desc: str,
-                   progress: bool, num_cpus: float = 1) -> None:
+                   progress: bool, num_cpus: float = 1, num_gpus: float = 0) -> None:
     """One Ray task per unit (`fn(*args) -> UnitResult`), results recorded in `manifest` and `report` as they
-    complete, with a progress bar."""
-    remote = ray.remote(num_cpus=num_cpus)(fn)
+    complete, with a progress bar. Each task holds `num_cpus` and `num_gpus`: an autoscaling cluster adds the nodes
+    that demand asks for (a GPU node for `num_gpus` > 0), and no more tasks run on a node than it has GPUs for."""
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn)
     pending = {remote.remote(*args): unit for unit, args in units}
     with tqdm(total=len(pending), desc=desc, unit="scene", disable=not progress) as bar:
         while pending:

@@ -330,7 +330,7 @@ class PredictConfig(Strict):
     repeats: int = Field(5, ge=1)  # OpenScene test_repeats: random rotations/scales, features averaged
     voxel_size: float | None = Field(None, gt=0)
     backend: SparseBackendName = "auto"
-    use_gpu: bool = False
+    use_gpu: bool = False  # each scene's task asks Ray for one GPU (an autoscaling cluster adds a GPU node for it)
     seed: int = 1463
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
