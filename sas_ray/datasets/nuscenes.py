@@ -13,7 +13,8 @@ What a scene is here:
   precision, unlike the global frame's kilometre offsets), z up.
 - frames are the sample's keyframe camera images, at their stored size (1600x900) with their own K and the pose
   camera -> scene = inverse(ego pose at the lidar time) @ ego pose at the camera time @ camera mounting. Resizing
-  to the 800x450 of SPEC §1.3 (bilinear) and rescaling K (§2.3) is the pipeline's step, not the index's.
+  to the 800x450 of SPEC §1.3 (cv2-style bilinear) and rescaling K (§2.3) happens at decode
+  (sas_ray.geometry.resize; the size is the prepared dataset's `image_size`), not in the index.
 - no depth, no colours.
 `split` is the version folder (e.g. "v1.0-trainval", "v1.0-mini"); restrict to nuScenes scenes by name with
 `scene_names` (the official train/val lists are nuscenes-devkit's `nuscenes.utils.splits.create_splits_scenes()`).
@@ -30,7 +31,7 @@ import numpy as np
 
 from sas_ray.datasets.frames import encode_jpeg, frame_row
 from sas_ray.datasets.rawfiles import RawTree, cached_table
-from sas_ray.errors import InputError
+from sas_ray.errors import ConfigError, InputError
 from sas_ray.ids import check_id
 from sas_ray.labels import NUSCENES_16
 from sas_ray.scene import IGNORE_LABEL, Frame, Scene
@@ -243,11 +244,14 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
 
 
 def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:
-    """One row per keyframe camera image of the sample (channel = frame id), original size and K, no depth."""
+    """One row per keyframe camera image of the sample (channel = frame id), stored size and K, no depth. A scene
+    is one sample, so there is no sequence to skip frames of: frame_skip must be 1."""
+    if frame_skip != 1:
+        raise ConfigError(f"nuScenes: frame_skip {frame_skip} does not apply (a scene is one keyframe sample)")
     sample = _sample(root, split, scene_id, options)
     tree = RawTree(root, options)
     return [frame_row(scene_id, cam.channel, tree.url(cam.filename), cam.intrinsic, cam.pose, cam.width, cam.height)
-            for cam in sample.cameras[::frame_skip]]
+            for cam in sample.cameras]
 
 
 # -- writer (synthetic data -> devkit layout) --------------------------------------------------------------------
