@@ -137,6 +137,13 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H,W] (grey) or [H,W,3] (RGB) as a PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def encode_depth_png(depth: np.ndarray, depth_scale: float) -> bytes:
     """float32 metres [H,W] -> uint16 PNG of round(depth * depth_scale); depths beyond 65535 units become 0
     (no reading), as a sensor reports them."""

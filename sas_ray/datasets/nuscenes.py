@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sas_ray.datasets.frames import encode_jpeg, frame_row
+from sas_ray.datasets.frames import encode_jpeg, encode_png, frame_row
 from sas_ray.datasets.rawfiles import RawTree, cached_table
 from sas_ray.errors import ConfigError, InputError
 from sas_ray.ids import check_id
@@ -40,6 +40,7 @@ from sas_ray.storage import Storage
 LIDAR = "LIDAR_TOP"
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 LIDAR_FLOATS = 5  # x, y, z, intensity, ring
+MAP_MASK = "maps/synthetic.png"  # the written datasets' semantic map: empty
 
 # lidarseg class index -> name (index = position), and OpenScene's 32 -> 16 remap (preprocess_3d_nuscenes.py) by name.
 RAW_CLASSES = (
@@ -287,11 +288,14 @@ class _DevkitTables:
 
     def __init__(self, channels: list[str]):
         self.rows: dict[str, list[dict]] = {n: [] for n in (
-            "attribute", "visibility", "instance", "sample_annotation", "map", "scene", "sample", "sample_data",
+            "attribute", "visibility", "instance", "sample_annotation", "scene", "sample", "sample_data",
             "ego_pose", "calibrated_sensor", "lidarseg")}
         self.log_token = _token("log")
         self.rows["log"] = [{"token": self.log_token, "logfile": "synthetic", "vehicle": "synthetic",
                              "date_captured": "2018-08-01", "location": "synthetic"}]
+        # nuscenes-devkit's NuScenes() needs every log on a map record whose mask image exists (an empty one here)
+        self.rows["map"] = [{"token": _token("map"), "log_tokens": [self.log_token], "category": "semantic_prior",
+                             "filename": MAP_MASK}]
         self.rows["sensor"] = [{"token": _token("sensor", ch), "channel": ch,
                                 "modality": "lidar" if ch == LIDAR else "camera"} for ch in channels]
         self.rows["category"] = [{"token": _token("category", n), "name": n, "description": n, "index": i}
@@ -338,6 +342,7 @@ def write_nuscenes_devkit(root: str, version: str, samples: list[DevkitSample], 
         tables.add_scene(name, [s.scene.scene_id for s in group], [s.timestamp_us for s in group])
     for sample in samples:
         _write_keyframe(store, version, sample, tables)
+    store.write_bytes(MAP_MASK, encode_png(np.zeros((8, 8), np.uint8)))
     for name, rows in tables.rows.items():
         store.write_bytes(f"{version}/{name}.json", json.dumps(rows).encode())
 
@@ -353,7 +358,7 @@ def _write_keyframe(store: Storage, version: str, sample: DevkitSample, tables: 
     if sample.scene.labels is not None:
         seg_file = f"lidarseg/{version}/{lidar_token}_lidarseg.bin"
         store.write_bytes(seg_file, _LABEL_TO_RAW[sample.scene.labels].tobytes())
-        tables.rows["lidarseg"].append({"token": lidar_token + "s", "sample_data_token": lidar_token,
+        tables.rows["lidarseg"].append({"token": lidar_token, "sample_data_token": lidar_token,  # as the devkit's
                                         "filename": seg_file})
     for k, cam in enumerate(sample.cameras):
         ch = cam.frame_id

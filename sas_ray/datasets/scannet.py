@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from sas_ray.datasets.frames import (_open_image, decode_matrix, encode_depth_png, encode_jpeg, encode_matrix,
-                                     frame_row, frame_unit, image_size)
+                                     encode_png, frame_row, frame_unit, image_size)
 from sas_ray.datasets.openscene import decode_pth_scene, encode_pth_scene
 from sas_ray.datasets.ply import encode_ply, with_mesh_faces
 from sas_ray.datasets.rawfiles import RawTree
@@ -112,7 +109,7 @@ def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], opti
         store.write_bytes(f"{folder}/depth/{f}.png", encode_depth_png(frame.depth, DEPTH_SCALE))
         store.write_bytes(f"{folder}/pose/{f}.txt", encode_matrix(frame.pose))
     for frame, label in zip(frames, labels or []):
-        store.write_bytes(f"scannet_2d/{sid}/label/{frame.frame_id}.png", encode_label_png(label))
+        store.write_bytes(f"scannet_2d/{sid}/label/{frame.frame_id}.png", encode_png(label))
     store.write_bytes(_pth(split, sid), encode_pth_scene(scene))
     store.write_bytes(_mesh(sid), encode_ply(scene.points, scene.colors, faces=scene.faces))
 
@@ -136,12 +133,6 @@ def label_uri(color_uri: str) -> str:
     if not folder or not name.endswith(".jpg"):
         raise InputError(f"{color_uri} is not a ScanNet colour image path (<scene>/color/<frame>.jpg)")
     return f"{folder}/label/{name[:-4]}.png"
-
-
-def encode_label_png(label: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(label).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode_label_png(data: bytes, label_set: str, unit: str, source: str) -> np.ndarray:

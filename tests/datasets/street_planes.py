@@ -72,9 +72,11 @@ def lidar_points(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.n
 
 
 def street_sample(token: str, size: tuple[int, int] = NUSCENES_IMAGE_SIZE, channels: tuple[str, ...] | None = None,
-                  seed: int = 0) -> DevkitSample:
+                  seed: int = 0, shaded: bool = True, scene_name: str = "scene-0001",
+                  timestamp: int = 1_533_151_603_547_590) -> DevkitSample:
     """One keyframe: ego pose far from the world origin, lidar points in the world frame, camera images at size
-    (H, W) with K rescaled from the rig's 1600x900 K by OpenScene's rule; every camera with its own ego pose."""
+    (H, W) with K rescaled from the rig's 1600x900 K by OpenScene's rule (flat grey unless `shaded`); every camera
+    with its own ego pose."""
     rng = np.random.default_rng(seed)
     ego = rigid(0.4 + seed, [612.5 + 10 * seed, 1633.25, 0.0])
     local, labels = lidar_points(rng, 1500)
@@ -84,7 +86,7 @@ def street_sample(token: str, size: tuple[int, int] = NUSCENES_IMAGE_SIZE, chann
         moved = rigid(0.002 * (k + 1), [0.05 * (k + 1), 0.0, 0.0])  # the car moved on between the exposures
         camera_ego[cam.channel] = ego @ moved
         intrinsic = adjust_intrinsic(cam.intrinsic, NUSCENES_IMAGE_SIZE, size)
-        rgb = render(moved @ cam.sensor_to_ego, intrinsic, size)
+        rgb = render(moved @ cam.sensor_to_ego, intrinsic, size) if shaded else np.full((*size, 3), 128, np.uint8)
         cameras.append(Frame(token, cam.channel, rgb, intrinsic, camera_ego[cam.channel] @ cam.sensor_to_ego))
     return DevkitSample(Scene(token, world.astype(np.float32), None, labels), cameras, ego, LIDAR_TO_EGO.copy(),
-                        camera_ego)
+                        camera_ego, scene_name, timestamp)
