@@ -47,9 +47,12 @@ PRESETS: dict[str, DatasetPreset] = {
                               frame_skip=1, voxel_size=0.05, label_set="nuscenes16", has_depth=False, resize="bilinear"),
     "replica": DatasetPreset(image_width=640, image_height=360, depth_scale=6553.5, vis_thres=0.25, cut_bound=10,
                              frame_skip=10, voxel_size=0.02, label_set="scannet20"),
+    # own RGB-D scans (sas_ray.datasets.scans): ScanNet's constants, every frame of the folder (depth_scale.txt per scene)
+    "scans": DatasetPreset(image_width=320, image_height=240, depth_scale=1000.0, vis_thres=0.25, cut_bound=10,
+                           frame_skip=1, voxel_size=0.02, label_set="scannet20"),
 }
 
-Layout = Literal["scannet", "matterport", "nuscenes"]
+Layout = Literal["scannet", "matterport", "nuscenes", "scans"]
 
 
 class SyntheticConfig(Strict):
@@ -81,6 +84,8 @@ class DatasetConfig(Strict):
     def _known_preset(self) -> DatasetConfig:
         if self.preset_name not in PRESETS:
             raise ValueError(f"unknown preset {self.preset_name!r}; known: {sorted(PRESETS)}")
+        if self.synthetic is not None and self.layout == "scans":
+            raise ValueError("synthetic data is rendered in the scannet, matterport or nuscenes layouts, not scans")
         if self.layout == "nuscenes" and (self.frame_skip or 1) > 1:
             raise ValueError("frame_skip does not apply to nuScenes: a scene is one keyframe sample with its six "
                              "camera images; choose samples with `scenes`")
