@@ -93,9 +93,10 @@ def run_prepare(cfg: PrepareConfig, address: str | None = None) -> StageReport:
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Read a raw dataset (ScanNet / Matterport OpenScene layouts, nuScenes devkit layout), or render a synthetic one
-    first when the config has `dataset.synthetic`, into the prepared form every later stage reads:
-    {output}/scenes/{scene}.safetensors, {output}/frames.parquet (the frame index), {output}/dataset.json."""
+    """Read a raw dataset (ScanNet / Matterport OpenScene layouts, nuScenes devkit layout, your own RGB-D scans:
+    docs/datasets.md), or render a synthetic one first when the config has `dataset.synthetic`, into the prepared
+    form every later stage reads: {output}/scenes/{scene}.safetensors, {output}/frames.parquet (the frame index),
+    {output}/dataset.json (with the frame size the teachers see, `dataset.image_size`)."""
     from jobs.cli import load_stage_config
 
     return run_prepare(load_stage_config(config, overrides, PrepareConfig), address)
