@@ -141,7 +141,8 @@ class _TeacherRun:
         self.todo = self.manifest.pending(scene_ids)
         self.skipped = len(scene_ids) - len(self.todo)
         preset = PRESETS[info["preset"]]
-        self.image_size = tuple(cfg.image_size or info.get("image_size") or ()) or None
+        size = cfg.image_size or info.get("image_size")
+        self.image_size = None if size in (None, "stored") else tuple(size)
         self.resize = info.get("resize", preset.resize)
         self.visibility = {"cut_bound": cfg.cut_bound if cfg.cut_bound is not None else preset.cut_bound,
                            "vis_thres": cfg.vis_thres if cfg.vis_thres is not None else preset.vis_thres}

@@ -179,7 +179,8 @@ class ExtractConfig(Strict):
     decode_cpus: float = Field(0.5, gt=0)  # CPUs reserved by one decode task (JPEG/PNG decoding is light)
     decode_tasks: int = Field(4, ge=1)  # decode tasks at once per teacher: bounds worker processes (memory)
     object_store_gb: float = Field(4.0, gt=0)  # per teacher pipeline: decoded frames and partials in flight
-    image_size: tuple[int, int] | None = None  # (H, W) frames are resized to; default: dataset.json's, else as stored
+    image_size: tuple[int, int] | Literal["stored"] | None = None  # (H, W) frames are resized to; default:
+    # dataset.json's (the prepared dataset.image_size), else as stored; "stored" = never resize
     export_openscene: bool = False  # also write OpenScene `.pt` files ({"feat", "mask_full"})
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
