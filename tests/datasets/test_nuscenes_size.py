@@ -66,8 +66,8 @@ def test_the_nuscenes_preset_resizes_to_800x450_bilinear():
 
 def test_1600x900_resized_at_decode_fuses_like_a_render_at_800x450(stored_sizes):
     """Tolerance: the 1600x900 images resized 2x (2x2 means) and the 800x450 renders sample the same smooth
-    textures 0.25 px apart; on these textures (wavelengths >= 30 px at 800x450) that moves a pixel by < 0.5 levels
-    and JPEG (quality 95) adds ~1. So away from the few wall/ground/sky edges the teacher's inputs agree to ~1.5
+    textures 0.25 px apart; on these textures (wavelengths of metres, >= ~20 px at 800x450 even where the ground
+    recedes; amplitude <= 80) that changes a pixel by < 0.5 levels, and JPEG (quality 95) adds ~1. So away from the few wall/ground/sky edges the teacher's inputs agree to ~1.5
     levels of 255, its colour channels to ~0.006 and its gradient channels (differences over 4 px of 5x5 means:
     noise averaged over 25 pixels) to ~0.05 of their typical size. Edges change the features of points within
     the 5x5 support of an edge: a few percent of the points. Without the resize (the teacher at 1600x900) every
