@@ -120,4 +120,14 @@ PYBIND11_MODULE(_segmentator, m) {
   m.def("segment_graph", &segment_graph, py::arg("vertices"), py::arg("normals"), py::arg("edges"),
         py::arg("k_thresh") = 0.01, py::arg("min_verts") = 20,
         "vertices, normals float32 [V,3], edges int64 [E,2] -> superpoint ids int64 [V], contiguous from 0.");
+  // The standard library whose std::sort orders equal-weight edges (the original's under the same library).
+#if defined(__GLIBCXX__)
+  m.attr("STANDARD_LIBRARY") = "libstdc++";
+#elif defined(_LIBCPP_VERSION)
+  m.attr("STANDARD_LIBRARY") = "libc++";
+#elif defined(_MSC_VER)
+  m.attr("STANDARD_LIBRARY") = "msvc";
+#else
+  m.attr("STANDARD_LIBRARY") = "unknown";
+#endif
 }

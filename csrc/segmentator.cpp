@@ -1,9 +1,8 @@
 // Felzenszwalb superpoint segmentation, operation for operation as ScanNet's Segmentator (see segmentator.hpp).
 #include "segmentator.hpp"
 
-#include <array>
+#include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 namespace sas_ray {
@@ -106,40 +105,26 @@ std::vector<float> mesh_vertex_normals(const float* vertices, int64_t num_vertic
   return normals;
 }
 
-// Sort key whose unsigned order is the float order, with -0 == +0 and every NaN after +inf.
-uint32_t weight_key(float w) {
-  if (std::isnan(w)) return 0xFFFFFFFFu;
-  if (w == 0.0f) w = 0.0f;  // -0 -> +0
-  uint32_t bits;
-  std::memcpy(&bits, &w, sizeof bits);
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-// Sorts edges by ascending weight, ties in input order: a stable LSD radix sort on the key (11 + 11 + 10 bits).
-void sort_by_weight(std::vector<Edge>& edges) {
-  const size_t n = edges.size();
-  constexpr int kShift[3] = {0, 11, 22};
-  std::array<std::vector<size_t>, 3> counts;
-  for (auto& c : counts) c.assign(2049, 0);
-  for (const Edge& edge : edges) {
-    const uint32_t key = weight_key(edge.w);
-    for (int d = 0; d < 3; ++d) ++counts[d][((key >> kShift[d]) & 0x7FFu) + 1];
-  }
-  std::vector<Edge> sorted(n);
-  for (int d = 0; d < 3; ++d) {
-    auto& start = counts[d];
-    bool one_bucket = false;
-    for (size_t digit = 1; digit <= 2048; ++digit) one_bucket |= (start[digit] == n);
-    if (one_bucket) continue;  // every key has this digit: the pass would not move anything
-    for (size_t digit = 1; digit <= 2048; ++digit) start[digit] += start[digit - 1];
-    for (const Edge& edge : edges) sorted[start[(weight_key(edge.w) >> kShift[d]) & 0x7FFu]++] = edge;
-    edges.swap(sorted);
+// The original's edge order: std::sort over the edges in creation order, comparing weights with `<` (its
+// operator<). std::sort is not stable, but for one standard library, comparator and input its result is fixed, so
+// equal weights end up in the original's order (built with the same library: libstdc++ under g++, the compiler the
+// original supports). NaN weights (vertices of a zero-area face) make the original's `<` no strict weak order and
+// its std::sort's result undefined; there a comparator that puts NaN after every number, and answers every other
+// comparison as `<` does, keeps the sort defined.
+void sort_like_original(std::vector<Edge>& edges) {
+  const bool has_nan = std::any_of(edges.begin(), edges.end(), [](const Edge& e) { return std::isnan(e.w); });
+  if (has_nan) {
+    std::sort(edges.begin(), edges.end(), [](const Edge& x, const Edge& y) {
+      return x.w < y.w || (!std::isnan(x.w) && std::isnan(y.w));
+    });
+  } else {
+    std::sort(edges.begin(), edges.end(), [](const Edge& x, const Edge& y) { return x.w < y.w; });
   }
 }
 
 // Felzenszwalb over the sorted edges, the small-segment pass, then ids numbered by increasing root index.
 void felzenszwalb(int32_t num_vertices, std::vector<Edge>& edges, float k_thresh, int64_t min_verts, int64_t* out) {
-  sort_by_weight(edges);
+  sort_like_original(edges);
   Forest forest(num_vertices, k_thresh);
   for (const Edge& edge : edges) {
     const int32_t a = forest.find(edge.a);

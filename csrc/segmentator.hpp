@@ -4,8 +4,8 @@
 //   mesh graph   3 edges per face in the order a-b, a-c, c-b; vertex normal = running average of the unit face
 //                normals of its faces, in face order, not re-normalised (a degenerate face gives NaN normals).
 //   weight       w = 1 - n_a.n_b, squared when n_b . unit(p_b - p_a) > 0 (convex).
-//   order        edges sorted by w ascending; ties keep the input edge order (a stable sort), and NaN weights
-//                go last. The original's std::sort leaves tie order unspecified; this is our documented choice.
+//   order        std::sort of the edges in creation order by w ascending, as the original: equal weights end up
+//                where the original's unstable sort puts them (same standard library); NaN weights go last.
 //   segmentation union-find with rank (on equal rank the second root survives), threshold per root starting at
 //                k_thresh; merge when w <= thr[a] and w <= thr[b], then thr[root] = w + k_thresh / |root|.
 //   small pass   one pass over the sorted edges merging whenever a side has fewer than min_verts vertices.

@@ -25,7 +25,6 @@ from sas_ray.config import PRESETS, ExtractConfig, TeacherSpec
 from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
-from sas_ray.geometry.intrinsics import adjust_intrinsic
 from sas_ray.ids import check_id
 from sas_ray.prepared import read_frame_index, read_info
 from sas_ray.scene import PointFeatures
@@ -47,24 +46,11 @@ def frame_groups(index_rows: list[dict], scene_ids: list[str], frames_per_task: 
     return groups
 
 
-def _resized(frame, size: tuple[int, int] | None):
-    """rgb, depth, K of a frame at `size` (H, W) (None = as stored): bilinear RGB, nearest depth, K by OpenScene's
-    rule."""
-    from PIL import Image
-
-    if size is None or frame.size == size:
-        return frame.rgb, frame.depth, frame.intrinsic
-    height, width = size
-    rgb = np.asarray(Image.fromarray(frame.rgb).resize((width, height), Image.BILINEAR))
-    depth = None
-    if frame.depth is not None:
-        depth = np.asarray(Image.fromarray(frame.depth).resize((width, height), Image.NEAREST))
-    return rgb, depth, adjust_intrinsic(frame.intrinsic, frame.size, size)
-
-
-def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] | None) -> dict:
-    """CPU task: read and decode a group's frames into stacked arrays; a bad frame becomes the group's `error`."""
+def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] | None, resize: str) -> dict:
+    """CPU task: read and decode a group's frames into stacked arrays, resized to image_size (H, W; None = as
+    stored) with `resize` interpolation and K rescaled; a bad frame becomes the group's `error`."""
     from sas_ray.datasets.frames import read_frame
+    from sas_ray.geometry.resize import resize_frame
 
     rows = json.loads(item["frames"])
     out = {k: item[k] for k in ("scene", "group", "num_groups")}
@@ -73,13 +59,13 @@ def decode_group(item: dict, storage_options: dict, image_size: tuple[int, int] 
         check_id(item["scene"], "scene id")  # a `scenes:` entry like '../x' is refused as unsafe, not just absent
         if not rows:
             raise InputError(f"scene {item['scene']} has no frames in the frame index")
-        frames = [_resized(read_frame(row, storage_options), image_size) for row in rows]
-        has_depth = [f[1] is not None for f in frames]
+        frames = [resize_frame(read_frame(row, storage_options), image_size, resize) for row in rows]
+        has_depth = [f.depth is not None for f in frames]
         if any(has_depth) and not all(has_depth):
             raise InputError(f"scene {item['scene']}: some frames have depth and some do not")
-        out.update(rgb=np.stack([f[0] for f in frames]), intrinsic=np.stack([f[2] for f in frames]),
-                   pose=np.stack([np.asarray(r["pose"], np.float64).reshape(4, 4) for r in rows]),
-                   depth=np.stack([f[1] for f in frames]) if all(has_depth) else np.zeros(0, np.float32),
+        out.update(rgb=np.stack([f.rgb for f in frames]), intrinsic=np.stack([f.intrinsic for f in frames]),
+                   pose=np.stack([f.pose for f in frames]),
+                   depth=np.stack([f.depth for f in frames]) if all(has_depth) else np.zeros(0, np.float32),
                    error="")
     except (SasError, OSError, ValueError) as err:
         message = unit_message(item["scene"], err)
@@ -155,7 +141,9 @@ class _TeacherRun:
         self.todo = self.manifest.pending(scene_ids)
         self.skipped = len(scene_ids) - len(self.todo)
         preset = PRESETS[info["preset"]]
-        self.image_size = tuple(cfg.image_size or info.get("image_size") or ()) or None
+        size = cfg.image_size or info.get("image_size")
+        self.image_size = None if size in (None, "stored") else tuple(size)
+        self.resize = info.get("resize", preset.resize)
         self.visibility = {"cut_bound": cfg.cut_bound if cfg.cut_bound is not None else preset.cut_bound,
                            "vis_thres": cfg.vis_thres if cfg.vis_thres is not None else preset.vis_thres}
         self.labelled_only = cfg.labelled_only if cfg.labelled_only is not None else not preset.has_depth
@@ -172,7 +160,8 @@ class _TeacherRun:
         ds = ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups)))
         limits = ds.context.execution_options.resource_limits  # bounded memory, whatever the number of scenes
         ds.context.execution_options.resource_limits = limits.copy(object_store_memory=self.cfg.object_store_gb * 1e9)
-        ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size},
+        ds = ds.map(decode_group, fn_kwargs={"storage_options": options, "image_size": self.image_size,
+                                             "resize": self.resize},
                     num_cpus=self.cfg.decode_cpus, compute=ray.data.TaskPoolStrategy(size=self.cfg.decode_tasks))
         return ds.map_batches(
             _actor_class(), batch_size=1, batch_format="numpy", num_gpus=spec.gpus, num_cpus=spec.actor_cpus,

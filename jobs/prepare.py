@@ -25,7 +25,7 @@ def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, cfg
 
     def work() -> tuple[str, str, int]:
         scene = layout.read_scene(dataset.root, dataset.split, scene_id, options)
-        rows = layout.frame_rows(dataset.root, dataset.split, scene_id, options)
+        rows = layout.frame_rows(dataset.root, dataset.split, scene_id, options, dataset.effective_frame_skip)
         tensors, metadata = encode_scene(scene, rows)
         digest = Storage(output, options).child(SCENES).write_tensors(scene_file(scene_id), tensors, metadata)
         return scene_file(scene_id), digest, tensor_bytes(tensors)
@@ -83,17 +83,20 @@ def run_prepare(cfg: PrepareConfig, address: str | None = None) -> StageReport:
     ready = [s for s in scene_ids if manifest.rows.get(s) and manifest.rows[s].status == "ok"]
     rows = [row for s in ready for row in frame_rows_of(out, s)]
     out.write_table(FRAMES, frame_index_table(rows))
+    size = dataset.effective_image_size
     out.write_json(INFO, {"layout": dataset.layout, "preset": dataset.preset_name, "split": dataset.split,
-                          "scenes": ready})
+                          "scenes": ready, "image_size": None if size is None else list(size),
+                          "resize": dataset.constants.resize, "frame_skip": dataset.effective_frame_skip})
     report.seconds = time.perf_counter() - start
     report.outputs.update({"scenes": scenes.url(), "frame index": out.url(FRAMES), "frames": str(len(rows))})
     return report
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Read a raw dataset (ScanNet / Matterport OpenScene layouts, nuScenes devkit layout), or render a synthetic one
-    first when the config has `dataset.synthetic`, into the prepared form every later stage reads:
-    {output}/scenes/{scene}.safetensors, {output}/frames.parquet (the frame index), {output}/dataset.json."""
+    """Read a raw dataset (ScanNet / Matterport OpenScene layouts, nuScenes devkit layout, your own RGB-D scans:
+    docs/datasets.md), or render a synthetic one first when the config has `dataset.synthetic`, into the prepared
+    form every later stage reads: {output}/scenes/{scene}.safetensors, {output}/frames.parquet (the frame index),
+    {output}/dataset.json (with the frame size the teachers see, `dataset.image_size`)."""
     from jobs.cli import load_stage_config
 
     return run_prepare(load_stage_config(config, overrides, PrepareConfig), address)

@@ -34,6 +34,8 @@ class DatasetPreset(Strict):
     voxel_size: float  # metres, for distillation
     label_set: str  # key of sas_ray.labels.LABEL_SETS
     has_depth: bool = True
+    resize: Literal["nearest", "bilinear"] = "nearest"  # how OpenScene resized its frames to image_width x height
+    # (cv2: ScanNet's and Matterport's exports nearest, nuScenes bilinear); depth is always resized nearest
 
 
 PRESETS: dict[str, DatasetPreset] = {
@@ -42,12 +44,15 @@ PRESETS: dict[str, DatasetPreset] = {
     "matterport": DatasetPreset(image_width=640, image_height=512, depth_scale=4000.0, vis_thres=0.02, cut_bound=10,
                                 frame_skip=1, voxel_size=0.02, label_set="matterport21"),
     "nuscenes": DatasetPreset(image_width=800, image_height=450, depth_scale=None, vis_thres=0.0, cut_bound=5,
-                              frame_skip=1, voxel_size=0.05, label_set="nuscenes16", has_depth=False),
+                              frame_skip=1, voxel_size=0.05, label_set="nuscenes16", has_depth=False, resize="bilinear"),
     "replica": DatasetPreset(image_width=640, image_height=360, depth_scale=6553.5, vis_thres=0.25, cut_bound=10,
                              frame_skip=10, voxel_size=0.02, label_set="scannet20"),
+    # own RGB-D scans (sas_ray.datasets.scans): ScanNet's constants, every frame of the folder (depth_scale.txt per scene)
+    "scans": DatasetPreset(image_width=320, image_height=240, depth_scale=1000.0, vis_thres=0.25, cut_bound=10,
+                           frame_skip=1, voxel_size=0.02, label_set="scannet20"),
 }
 
-Layout = Literal["scannet", "matterport", "nuscenes"]
+Layout = Literal["scannet", "matterport", "nuscenes", "scans"]
 
 
 class SyntheticConfig(Strict):
@@ -69,11 +74,23 @@ class DatasetConfig(Strict):
     scenes: list[str] | None = None  # default: every scene found
     preset: str | None = None  # default: same name as layout
     synthetic: SyntheticConfig | None = None  # set = generate the raw dataset into `root` first
+    frame_skip: int | None = Field(None, ge=1)  # keep frames whose number is a multiple of it; default: the
+    # preset's (ScanNet 20: a raw every-frame export -> OpenScene's frames; a no-op on OpenScene's export), 1 for
+    # synthetic data (rendered as an export that keeps every frame)
+    image_size: tuple[int, int] | Literal["stored"] | None = None  # (H, W) later stages resize frames to (K
+    # rescaled, SPEC §2.3); default: the preset's (nuScenes 1600x900 -> 450x800), tiny synthetic data as stored
 
     @model_validator(mode="after")
     def _known_preset(self) -> DatasetConfig:
         if self.preset_name not in PRESETS:
             raise ValueError(f"unknown preset {self.preset_name!r}; known: {sorted(PRESETS)}")
+        if self.synthetic is not None and self.layout == "scans":
+            raise ValueError("synthetic data is rendered in the scannet, matterport or nuscenes layouts, not scans")
+        if self.layout == "nuscenes" and (self.frame_skip or 1) > 1:
+            raise ValueError("frame_skip does not apply to nuScenes: a scene is one keyframe sample with its six "
+                             "camera images; choose samples with `scenes`")
+        if isinstance(self.image_size, tuple) and min(self.image_size) < 2:
+            raise ValueError(f"image_size must be (height, width) of at least 2 pixels, got {self.image_size}")
         return self
 
     @property
@@ -83,6 +100,20 @@ class DatasetConfig(Strict):
     @property
     def constants(self) -> DatasetPreset:
         return PRESETS[self.preset_name]
+
+    @property
+    def effective_frame_skip(self) -> int:
+        if self.frame_skip is not None:
+            return self.frame_skip
+        return 1 if self.synthetic is not None else self.constants.frame_skip
+
+    @property
+    def effective_image_size(self) -> tuple[int, int] | None:
+        """(H, W) every frame is resized to at decode, None = as stored."""
+        if self.image_size == "stored" or (self.image_size is None and self.synthetic is not None
+                                           and self.synthetic.size == "tiny"):
+            return None
+        return self.image_size or (self.constants.image_height, self.constants.image_width)
 
 
 class StorageConfig(Strict):
@@ -148,7 +179,8 @@ class ExtractConfig(Strict):
     decode_cpus: float = Field(0.5, gt=0)  # CPUs reserved by one decode task (JPEG/PNG decoding is light)
     decode_tasks: int = Field(4, ge=1)  # decode tasks at once per teacher: bounds worker processes (memory)
     object_store_gb: float = Field(4.0, gt=0)  # per teacher pipeline: decoded frames and partials in flight
-    image_size: tuple[int, int] | None = None  # (H, W) frames are resized to; default: dataset.json's, else as stored
+    image_size: tuple[int, int] | Literal["stored"] | None = None  # (H, W) frames are resized to; default:
+    # dataset.json's (the prepared dataset.image_size), else as stored; "stored" = never resize
     export_openscene: bool = False  # also write OpenScene `.pt` files ({"feat", "mask_full"})
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True

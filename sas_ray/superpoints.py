@@ -1,12 +1,14 @@
 """Superpoints for SAS's superpoint distillation: segmentator's Felzenszwalb segmentation of meshes and point clouds.
 
-Mesh mode reproduces ScanNet's Segmentator / Karbo123's `segmentator.segment_mesh` (SPEC §6); SAS calls it with
-k_thresh 0.01 and min_verts 60 on `<scene>_vh_clean_2.ply`. The one thing the original leaves open is the order of
-equal-weight edges (its std::sort is unstable): here ties keep the edge order (face order, then a-b, a-c, c-b).
-Ties decide which vertex becomes a segment's root, hence the ids, and on exactly flat synthetic meshes even the
-partition. As in the original, vertices of a zero-area face get NaN normals; NaN weights sort last, so only the
-small-segment pass joins them. Ids are contiguous from 0, numbered by increasing root vertex. The C++ releases
-the GIL.
+Mesh mode reproduces ScanNet's Segmentator / Karbo123's `segmentator.segment_mesh` (SPEC §6) id for id; SAS calls
+it with k_thresh 0.01 and min_verts 60 on `<scene>_vh_clean_2.ply`. Equal edge weights are common (flat floors and
+walls, repeated normals) and their order decides which vertex becomes a segment's root, hence the ids, and which
+neighbour a small segment joins. The original orders them with an unstable std::sort over the edges created face
+by face as a-b, a-c, c-b; the C++ here runs that same std::sort, so ids equal the original's built with the same
+standard library (`_segmentator.STANDARD_LIBRARY`; libstdc++ with g++, the original's compiler). As in the
+original, vertices of a zero-area face get NaN normals; NaN weights (undefined behaviour in the original's sort)
+sort last, so only the small-segment pass joins them. Ids are contiguous from 0, numbered by increasing root
+vertex. The C++ releases the GIL.
 
 Point mode is for data without a mesh (lidar, user point clouds), where SAS makes every point its own superpoint:
 a symmetric k-nearest-neighbour graph, normals from local PCA planes (each point takes the flattest plane among its
@@ -52,7 +54,7 @@ def segment_graph(
     """Superpoint id of every graph vertex, as segmentator's segment_point: the mesh-mode segmentation on given edges.
 
     points, normals: float32 [N, 3]; edges: int64 [E, 2] (edge a-b weighs 1 - n_a.n_b, squared when
-    n_b.(p_b - p_a) > 0); ties in weight keep the edge order. Returns int64 [N], ids contiguous from 0.
+    n_b.(p_b - p_a) > 0); equal weights in the original's std::sort order. Returns int64 [N], ids contiguous from 0.
     """
     points = _points(points, "points")
     normals = _points(normals, "normals")

@@ -1,9 +1,11 @@
-"""Superpoints: the C++ segmentator against a sequential pure-Python transliteration of ScanNet's Segmentator."""
+"""Superpoints: the C++ segmentator against a sequential pure-Python transliteration of ScanNet's Segmentator
+(Karbo123/segmentator), including its std::sort (libstdc++'s, transliterated in libstdcxx_sort.py)."""
 
 import math
 
 import numpy as np
 import pytest
+from libstdcxx_sort import std_sort
 
 from sas_ray import _segmentator
 from sas_ray.errors import InputError
@@ -45,8 +47,22 @@ def reference_weights(points: np.ndarray, normals: np.ndarray, a: np.ndarray, b:
         return np.where(convexity > 0, w * w, w)
 
 
-def reference_segment(num_vertices, a, b, w, k_thresh, min_verts) -> np.ndarray:
-    """Felzenszwalb exactly as segmentator.cpp; ties in weight in edge order, NaN last."""
+def original_order(w: np.ndarray) -> list[int]:
+    """Edge indices as segmentator's std::sort(edges, edges + n) leaves them: weights compared with `<`; NaN weights
+    (undefined behaviour in the original) after every number, as the C++ does."""
+    keys = w.tolist()
+    order = list(range(len(keys)))
+    std_sort(order, lambda x, y: keys[x] < keys[y] or (not math.isnan(keys[x]) and math.isnan(keys[y])))
+    return order
+
+
+def stable_order(w: np.ndarray) -> list[int]:
+    """Ascending weights, equal weights in edge order: what the original does NOT do (to show ties matter)."""
+    return sorted(range(len(w)), key=lambda e: (math.isnan(w[e]), 0.0 if math.isnan(w[e]) else float(w[e]), e))
+
+
+def reference_segment(num_vertices, a, b, w, k_thresh, min_verts, order=original_order) -> np.ndarray:
+    """Felzenszwalb exactly as segmentator.cpp, edges visited in `order(w)`."""
     parent, rank, size = list(range(num_vertices)), [0] * num_vertices, [1] * num_vertices
     c = F32(k_thresh)
     threshold = [c] * num_vertices
@@ -68,7 +84,7 @@ def reference_segment(num_vertices, a, b, w, k_thresh, min_verts) -> np.ndarray:
             if rank[x] == rank[y]:
                 rank[y] += 1
 
-    order = sorted(range(len(w)), key=lambda e: (math.isnan(w[e]), 0.0 if math.isnan(w[e]) else float(w[e]), e))
+    order = order(w)
     for e in order:
         ra, rb = find(int(a[e])), find(int(b[e]))
         if ra != rb and w[e] <= threshold[ra] and w[e] <= threshold[rb]:
@@ -83,11 +99,11 @@ def reference_segment(num_vertices, a, b, w, k_thresh, min_verts) -> np.ndarray:
     return np.unique(roots, return_inverse=True)[1].astype(np.int64)  # torch.unique(return_inverse=True)
 
 
-def reference_segment_mesh(vertices, faces, k_thresh, min_verts) -> np.ndarray:
+def reference_segment_mesh(vertices, faces, k_thresh, min_verts, order=original_order) -> np.ndarray:
     a = faces[:, [0, 0, 2]].ravel()  # a-b, a-c, c-b per face
     b = faces[:, [1, 2, 1]].ravel()
     w = reference_weights(vertices, reference_vertex_normals(vertices, faces), a, b)
-    return reference_segment(len(vertices), a, b, w, k_thresh, min_verts)
+    return reference_segment(len(vertices), a, b, w, k_thresh, min_verts, order)
 
 
 # ---------------------------------------------------------------- synthetic meshes
@@ -147,6 +163,9 @@ def random_mesh(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return vertices, faces.astype(np.int64)
 
 
+libstdcxx = pytest.mark.skipif(_segmentator.STANDARD_LIBRARY != "libstdc++", reason="equal weights are ordered "
+                               "by the standard library's std::sort; the reference transliterates libstdc++'s")
+
 MESHES = {
     "cube": box_mesh(6, (0, 0, 0), (1, 1, 1)),
     "bumpy_plane": bumpy_plane(20, 24, seed=0),
@@ -159,6 +178,7 @@ PARAMETERS = [(0.01, 20), (0.01, 60), (0.05, 5), (0.002, 0), (0.5, 1)]
 # ---------------------------------------------------------------- mesh mode
 
 
+@libstdcxx
 @pytest.mark.parametrize("name", MESHES)
 def test_segment_mesh_equals_reference(name):
     vertices, faces = MESHES[name]
@@ -186,12 +206,50 @@ def test_segment_mesh_hand_worked():
     np.testing.assert_array_equal(segment_mesh(vertices, faces, 0.3, 2), [0, 0, 0, 0, 0])
 
 
-def test_segment_mesh_flat_square_is_one_segment_and_ties_are_stable():
+def test_segment_mesh_flat_square_is_one_segment():
     vertices, faces = bumpy_plane(8, 8, seed=0)
-    vertices[:, 2] = 0  # every weight is exactly 0: the result depends only on the tie order
+    vertices[:, 2] = 0  # every weight is exactly 0
     ids = segment_mesh(vertices, faces, 0.01, 0)
     np.testing.assert_array_equal(ids, np.zeros(64))
     np.testing.assert_array_equal(ids, reference_segment_mesh(vertices, faces, 0.01, 0))
+
+
+def height_field(z: np.ndarray, spacing: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """A grid mesh of heights z [rows, cols]: exactly repeated heights give exactly repeated normals and weights."""
+    y, x = np.meshgrid(np.arange(z.shape[0]), np.arange(z.shape[1]), indexing="ij")
+    return np.stack([x * spacing, y * spacing, z], -1).reshape(-1, 3).astype(F32), grid_faces(*z.shape)
+
+
+def tie_meshes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Meshes where most edge weights are shared by many edges, so the order of equal weights decides."""
+    from sas_ray.datasets.synthetic import make_indoor_scene
+
+    rng = np.random.default_rng(5)
+    room, _ = make_indoor_scene("room", 0, 1500)  # flat walls, floor and boxes: a scanned room without noise
+    return {
+        "terraces": height_field(np.repeat(np.arange(24)[None] // 4, 24, 0) * 0.01),  # stairs: 2 crease weights
+        "sawtooth": height_field(np.repeat(np.abs(np.arange(24)[None] % 6 - 3), 24, 0) * 0.01),
+        "bumps": height_field((rng.random((24, 24)) < 0.05) * 0.02),  # flat floor, single-vertex bumps
+        "steps": height_field(rng.integers(0, 3, (20, 20)) * 0.01),  # heights on 3 levels: few distinct normals
+        "room": (room.points, room.faces),
+    }
+
+
+TIE_PARAMETERS = [(0.01, 60), (0.01, 20), (0.05, 5), (0.002, 3), (0.5, 10)]
+
+
+@libstdcxx
+def test_equal_weights_are_ordered_as_the_originals_std_sort():
+    """Equal weights in segmentator's std::sort order; in edge order (a stable sort) most of these cases differ."""
+    differs = 0
+    for name, (vertices, faces) in tie_meshes().items():
+        for k_thresh, min_verts in TIE_PARAMETERS:
+            ids = segment_mesh(vertices, faces, k_thresh, min_verts)
+            expected = reference_segment_mesh(vertices, faces, k_thresh, min_verts)
+            np.testing.assert_array_equal(ids, expected, err_msg=f"{name} k_thresh={k_thresh} min_verts={min_verts}")
+            stable = reference_segment_mesh(vertices, faces, k_thresh, min_verts, order=stable_order)
+            differs += not np.array_equal(stable, expected)
+    assert differs >= len(TIE_PARAMETERS) * 3  # tie order decides the ids, and often the segments
 
 
 def test_segment_mesh_empty_and_faceless():
@@ -261,6 +319,7 @@ def test_extension_checks_its_inputs_itself():
 # ---------------------------------------------------------------- graph and point mode
 
 
+@libstdcxx
 def test_segment_graph_equals_reference():
     rng = np.random.default_rng(2)
     points = rng.normal(size=(300, 3)).astype(F32)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from sas_ray.datasets.rawfiles import read_url
+from sas_ray.datasets.rawfiles import RawTree, read_url
 from sas_ray.errors import InputError
 from sas_ray.scene import Frame
 
@@ -44,6 +44,35 @@ def frame_row(scene: str, frame: str, color_uri: str, intrinsic: np.ndarray, pos
             "depth_scale": None if depth_scale is None else float(depth_scale),
             "intrinsic": np.asarray(intrinsic, np.float64).reshape(9).tolist(),
             "pose": np.asarray(pose, np.float64).reshape(16).tolist(), "width": int(width), "height": int(height)}
+
+
+def numbered_sequence_rows(tree: RawTree, scene_id: str, folder: str, intrinsics: str, depth_scale: float,
+                           frame_skip: int, suffixes: tuple[str, ...] = (".jpg",)) -> list[dict]:
+    """Rows of an RGB-D sequence stored as {folder}/color/<n>{suffix}, {folder}/depth/<n>.png and
+    {folder}/pose/<n>.txt (4x4 camera-to-world), one K in the file `intrinsics`, in frame-number order, keeping
+    numbers divisible by `frame_skip` (so 20 on a raw every-frame export and 1 or 20 on OpenScene's every-20th
+    export give the same frames). Frames whose pose is not finite (lost tracking, '-inf') are left out: OpenScene's
+    projection maps them nowhere."""
+    unit = f"scene {scene_id}"
+    names = {n.rsplit(".", 1)[0]: n for n in tree.list(f"{folder}/color") if n.endswith(suffixes)}
+    if not names:
+        raise InputError(f"{unit}: no colour images in {tree.url(folder, 'color')}")
+    bad = sorted(n for n in names if not n.isdigit())
+    if bad:
+        raise InputError(f"{unit}: {tree.url(folder, 'color', names[bad[0]])} is not named <frame number>"
+                         f"{'/'.join(suffixes)}")
+    frames = sorted((n for n in names if int(n) % frame_skip == 0), key=int)
+    if not frames:
+        return []
+    intrinsic = decode_matrix(tree.read(intrinsics, unit), (3, 3), unit, tree.url(intrinsics))
+    pose_rels = [f"{folder}/pose/{f}.txt" for f in frames]
+    poses = [decode_matrix(data, (4, 4), frame_unit(scene_id, f), tree.url(rel))
+             for f, rel, data in zip(frames, pose_rels, tree.read_many(pose_rels, unit))]
+    first = f"{folder}/color/{names[frames[0]]}"
+    width, height = image_size(tree.read(first, unit), unit, tree.url(first))
+    return [frame_row(scene_id, f, tree.url(folder, "color", names[f]), intrinsic, pose, width, height,
+                      depth_uri=tree.url(folder, "depth", f"{f}.png"), depth_scale=depth_scale)
+            for f, pose in zip(frames, poses) if np.isfinite(pose).all()]
 
 
 def _check_row(row: dict) -> str:
@@ -134,6 +163,13 @@ def image_size(data: bytes, unit: str, source: str) -> tuple[int, int]:
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4 chroma
+    return buf.getvalue()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H,W] (grey) or [H,W,3] (RGB) as a PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
 
 

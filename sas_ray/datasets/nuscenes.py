@@ -13,7 +13,8 @@ What a scene is here:
   precision, unlike the global frame's kilometre offsets), z up.
 - frames are the sample's keyframe camera images, at their stored size (1600x900) with their own K and the pose
   camera -> scene = inverse(ego pose at the lidar time) @ ego pose at the camera time @ camera mounting. Resizing
-  to the 800x450 of SPEC §1.3 (bilinear) and rescaling K (§2.3) is the pipeline's step, not the index's.
+  to the 800x450 of SPEC §1.3 (cv2-style bilinear) and rescaling K (§2.3) happens at decode
+  (sas_ray.geometry.resize; the size is the prepared dataset's `image_size`), not in the index.
 - no depth, no colours.
 `split` is the version folder (e.g. "v1.0-trainval", "v1.0-mini"); restrict to nuScenes scenes by name with
 `scene_names` (the official train/val lists are nuscenes-devkit's `nuscenes.utils.splits.create_splits_scenes()`).
@@ -28,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sas_ray.datasets.frames import encode_jpeg, frame_row
+from sas_ray.datasets.frames import encode_jpeg, encode_png, frame_row
 from sas_ray.datasets.rawfiles import RawTree, cached_table
-from sas_ray.errors import InputError
+from sas_ray.errors import ConfigError, InputError
 from sas_ray.ids import check_id
 from sas_ray.labels import NUSCENES_16
 from sas_ray.scene import IGNORE_LABEL, Frame, Scene
@@ -39,6 +40,7 @@ from sas_ray.storage import Storage
 LIDAR = "LIDAR_TOP"
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 LIDAR_FLOATS = 5  # x, y, z, intensity, ring
+MAP_MASK = "maps/synthetic.png"  # the written datasets' semantic map: empty
 
 # lidarseg class index -> name (index = position), and OpenScene's 32 -> 16 remap (preprocess_3d_nuscenes.py) by name.
 RAW_CLASSES = (
@@ -243,11 +245,14 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
 
 
 def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:
-    """One row per keyframe camera image of the sample (channel = frame id), original size and K, no depth."""
+    """One row per keyframe camera image of the sample (channel = frame id), stored size and K, no depth. A scene
+    is one sample, so there is no sequence to skip frames of: frame_skip must be 1."""
+    if frame_skip != 1:
+        raise ConfigError(f"nuScenes: frame_skip {frame_skip} does not apply (a scene is one keyframe sample)")
     sample = _sample(root, split, scene_id, options)
     tree = RawTree(root, options)
     return [frame_row(scene_id, cam.channel, tree.url(cam.filename), cam.intrinsic, cam.pose, cam.width, cam.height)
-            for cam in sample.cameras[::frame_skip]]
+            for cam in sample.cameras]
 
 
 # -- writer (synthetic data -> devkit layout) --------------------------------------------------------------------
@@ -283,11 +288,14 @@ class _DevkitTables:
 
     def __init__(self, channels: list[str]):
         self.rows: dict[str, list[dict]] = {n: [] for n in (
-            "attribute", "visibility", "instance", "sample_annotation", "map", "scene", "sample", "sample_data",
+            "attribute", "visibility", "instance", "sample_annotation", "scene", "sample", "sample_data",
             "ego_pose", "calibrated_sensor", "lidarseg")}
         self.log_token = _token("log")
         self.rows["log"] = [{"token": self.log_token, "logfile": "synthetic", "vehicle": "synthetic",
                              "date_captured": "2018-08-01", "location": "synthetic"}]
+        # nuscenes-devkit's NuScenes() needs every log on a map record whose mask image exists (an empty one here)
+        self.rows["map"] = [{"token": _token("map"), "log_tokens": [self.log_token], "category": "semantic_prior",
+                             "filename": MAP_MASK}]
         self.rows["sensor"] = [{"token": _token("sensor", ch), "channel": ch,
                                 "modality": "lidar" if ch == LIDAR else "camera"} for ch in channels]
         self.rows["category"] = [{"token": _token("category", n), "name": n, "description": n, "index": i}
@@ -334,6 +342,7 @@ def write_nuscenes_devkit(root: str, version: str, samples: list[DevkitSample], 
         tables.add_scene(name, [s.scene.scene_id for s in group], [s.timestamp_us for s in group])
     for sample in samples:
         _write_keyframe(store, version, sample, tables)
+    store.write_bytes(MAP_MASK, encode_png(np.zeros((8, 8), np.uint8)))
     for name, rows in tables.rows.items():
         store.write_bytes(f"{version}/{name}.json", json.dumps(rows).encode())
 
@@ -349,7 +358,7 @@ def _write_keyframe(store: Storage, version: str, sample: DevkitSample, tables: 
     if sample.scene.labels is not None:
         seg_file = f"lidarseg/{version}/{lidar_token}_lidarseg.bin"
         store.write_bytes(seg_file, _LABEL_TO_RAW[sample.scene.labels].tobytes())
-        tables.rows["lidarseg"].append({"token": lidar_token + "s", "sample_data_token": lidar_token,
+        tables.rows["lidarseg"].append({"token": lidar_token, "sample_data_token": lidar_token,  # as the devkit's
                                         "filename": seg_file})
     for k, cam in enumerate(sample.cameras):
         ch = cam.frame_id

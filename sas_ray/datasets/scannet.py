@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from sas_ray.datasets.frames import (_open_image, decode_matrix, encode_depth_png, encode_jpeg, encode_matrix,
-                                     frame_row, frame_unit, image_size)
+                                     encode_png, frame_unit, numbered_sequence_rows)
 from sas_ray.datasets.openscene import decode_pth_scene, encode_pth_scene
 from sas_ray.datasets.ply import encode_ply, with_mesh_faces
 from sas_ray.datasets.rawfiles import RawTree
@@ -59,32 +56,12 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
 
 
 def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:
-    """Frame index rows of the scene, in frame-number order, keeping frame numbers divisible by `frame_skip` (so 20
-    on a raw every-frame export and 1 or 20 on OpenScene's every-20th export give the same frames). Frames whose
-    pose is not finite (ScanNet's lost tracking, '-inf') are left out: OpenScene's projection maps them nowhere.
-    `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout signature."""
-    tree = RawTree(root, options)
+    """Frame index rows of the scene (frames.numbered_sequence_rows: frame numbers divisible by `frame_skip`, lost
+    tracking left out). `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout
+    signature."""
     check_id(scene_id, "scene id")
-    unit = f"scene {scene_id}"
-    folder = f"scannet_2d/{scene_id}"
-    names = [n for n in tree.list(f"{folder}/color") if n.endswith(".jpg")]
-    if not names:
-        raise InputError(f"{unit}: no colour images in {tree.url(folder, 'color')}")
-    bad = [n for n in names if not n[:-4].isdigit()]
-    if bad:
-        raise InputError(f"{unit}: {tree.url(folder, 'color', bad[0])} is not named <frame number>.jpg")
-    frames = sorted((n[:-4] for n in names if int(n[:-4]) % frame_skip == 0), key=int)
-    if not frames:
-        return []
-    intrinsic = decode_matrix(tree.read(_INTRINSICS, unit), (3, 3), unit, tree.url(_INTRINSICS))
-    pose_rels = [f"{folder}/pose/{f}.txt" for f in frames]
-    poses = [decode_matrix(data, (4, 4), frame_unit(scene_id, f), tree.url(rel))
-             for f, rel, data in zip(frames, pose_rels, tree.read_many(pose_rels, unit))]
-    first = f"{folder}/color/{frames[0]}.jpg"
-    width, height = image_size(tree.read(first, unit), unit, tree.url(first))
-    return [frame_row(scene_id, f, tree.url(folder, "color", f"{f}.jpg"), intrinsic, pose, width, height,
-                      depth_uri=tree.url(folder, "depth", f"{f}.png"), depth_scale=DEPTH_SCALE)
-            for f, pose in zip(frames, poses) if np.isfinite(pose).all()]
+    return numbered_sequence_rows(RawTree(root, options), scene_id, f"scannet_2d/{scene_id}", _INTRINSICS,
+                                  DEPTH_SCALE, frame_skip)
 
 
 def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], options: dict | None = None,
@@ -112,7 +89,7 @@ def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], opti
         store.write_bytes(f"{folder}/depth/{f}.png", encode_depth_png(frame.depth, DEPTH_SCALE))
         store.write_bytes(f"{folder}/pose/{f}.txt", encode_matrix(frame.pose))
     for frame, label in zip(frames, labels or []):
-        store.write_bytes(f"scannet_2d/{sid}/label/{frame.frame_id}.png", encode_label_png(label))
+        store.write_bytes(f"scannet_2d/{sid}/label/{frame.frame_id}.png", encode_png(label))
     store.write_bytes(_pth(split, sid), encode_pth_scene(scene))
     store.write_bytes(_mesh(sid), encode_ply(scene.points, scene.colors, faces=scene.faces))
 
@@ -136,12 +113,6 @@ def label_uri(color_uri: str) -> str:
     if not folder or not name.endswith(".jpg"):
         raise InputError(f"{color_uri} is not a ScanNet colour image path (<scene>/color/<frame>.jpg)")
     return f"{folder}/label/{name[:-4]}.png"
-
-
-def encode_label_png(label: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(label).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode_label_png(data: bytes, label_set: str, unit: str, source: str) -> np.ndarray:

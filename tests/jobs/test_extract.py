@@ -10,6 +10,7 @@ from sas_ray.features import decode_features, feature_file
 from jobs.prepare import run_prepare
 from sas_ray.config import PRESETS, ExtractConfig, PrepareConfig, parse_config
 from sas_ray.datasets.frames import read_frame
+from sas_ray.geometry.resize import resize_frame
 from sas_ray.models import build_teacher
 from sas_ray.prepared import read_frame_index, read_info, read_scene
 from sas_ray.reference import reference_fusion
@@ -18,11 +19,11 @@ from sas_ray.storage import Storage
 TEACHER = {"name": "openclip-dense", "tiny": True, "gpus": 0, "batch_size": 3, "options": {"flip": True}}
 
 
-def _prepare(raw: str, out: str, layout: str, options: dict | None = None, scenes: int = 2) -> str:
+def _prepare(raw: str, out: str, layout: str, options: dict | None = None, scenes: int = 2, **dataset) -> str:
     cfg = parse_config({
         "dataset": {"layout": layout, "root": raw, "split": "val",
                     "synthetic": {"num_scenes": scenes, "frames_per_scene": 5, "size": "tiny",
-                                  "points_per_scene": 1500, "seed": 1}},
+                                  "points_per_scene": 1500, "seed": 1}, **dataset},
         "output": out, "storage": {"options": options or {}}, "progress": False}, PrepareConfig)
     report = run_prepare(cfg)
     assert report.failed == 0, report.summary()
@@ -40,7 +41,8 @@ def _reference(prepared: Storage, scene_id: str, labelled_only: bool):
     info = read_info(prepared)
     preset = PRESETS[info["preset"]]
     rows = [r for r in read_frame_index(prepared).to_pylist() if r["scene"] == scene_id]
-    frames = [read_frame(r, prepared.options) for r in rows]
+    size = info.get("image_size")  # frames reach the teacher at the prepared size (SPEC §1.3), K rescaled (§2.3)
+    frames = [resize_frame(read_frame(r, prepared.options), size and tuple(size), info["resize"]) for r in rows]
     teacher = build_teacher(TEACHER["name"], tiny=True, **TEACHER["options"])
     return reference_fusion(teacher, read_scene(prepared, scene_id), frames, preset.cut_bound, preset.vis_thres,
                             labelled_only=labelled_only)
@@ -60,7 +62,10 @@ def _assert_matches_reference(cfg: ExtractConfig, options: dict | None = None):
 
 @pytest.mark.parametrize("layout", ["scannet", "matterport", "nuscenes"])
 def test_pipeline_equals_sequential_reference(ray_session, tmp_path, layout):
-    prepared = _prepare(str(tmp_path / "raw"), str(tmp_path / "prepared"), layout)
+    # nuScenes: frames stored at 64x36 and resized at decode to half, as 1600x900 -> 800x450 (SPEC §1.3)
+    resized = {"image_size": [18, 32]} if layout == "nuscenes" else {}
+    prepared = _prepare(str(tmp_path / "raw"), str(tmp_path / "prepared"), layout, **resized)
+    assert read_info(Storage(prepared))["image_size"] == resized.get("image_size")
     cfg, report = _extract(prepared, str(tmp_path / "out"))
     assert (report.done, report.failed) == (2, 0), report.summary()
     _assert_matches_reference(cfg)

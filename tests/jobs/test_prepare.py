@@ -85,3 +85,24 @@ def test_cli_help_explains():
     out = subprocess.run([sys.executable, "-m", "jobs.cli", "prepare", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--config" in out and "frame index" in out and "resumable" in out
+
+
+def test_raw_scannet_export_keeps_every_20th_frame(ray_session, tmp_path):
+    """A raw every-frame export (frames 0..45) gives OpenScene's frames 0, 20, 40; `frame_skip: 1` keeps all. The
+    preset's frame size is recorded for extract (a 640x480 export is resized to 320x240 there, as OpenScene did)."""
+    from sas_ray.datasets.scannet import write_scannet
+    from sas_ray.scene import Frame, Scene
+
+    rng = np.random.default_rng(0)
+    k = np.array([[57.8, 0, 31.5], [0, 57.8, 23.5], [0, 0, 1]])
+    frames = [Frame("scene0000_00", str(i), np.zeros((48, 64, 3), np.uint8), k, np.eye(4),
+                    np.ones((48, 64), np.float32)) for i in range(46)]
+    write_scannet(str(tmp_path / "raw"), "val", Scene("scene0000_00", rng.random((50, 3)).astype(np.float32)), frames)
+    for frame_skip, expected in ((None, ["0", "20", "40"]), (1, [str(i) for i in range(46)])):
+        out = tmp_path / f"prepared{frame_skip}"
+        cfg = parse_config({"dataset": {"layout": "scannet", "root": str(tmp_path / "raw"), "frame_skip": frame_skip},
+                            "output": str(out), "progress": False}, PrepareConfig)
+        assert run_prepare(cfg).done == 1
+        assert [r["frame"] for r in read_frame_index(Storage(str(out))).to_pylist()] == expected
+        info = read_info(Storage(str(out)))
+        assert (info["frame_skip"], info["image_size"], info["resize"]) == (frame_skip or 20, [240, 320], "nearest")
