@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, EvaluateConfig
-from sas_ray.errors import InputError, SasError, unit_message
+from sas_ray.errors import ConfigError, InputError, SasError, unit_message
 from sas_ray.evaluate import (NO_FEATURE, ConfusionMatrix, ensemble_features, predict_distill, predict_ensemble,
                               predict_fusion)
 from sas_ray.features import read_full_features
-from sas_ray.labels import LABEL_SETS, NUSCENES_43, NUSCENES_43_TO_16, OPENSCENE_OTHER_INDEX, prompts
+from sas_ray.labels import (LABEL_SETS, NUSCENES_43, NUSCENES_43_TO_16, OPENSCENE_OTHER_INDEX, prompts,
+                            vocabulary_mismatch)
 from sas_ray.prepared import read_info, read_scene
 from sas_ray.scene import IGNORE_LABEL
 from sas_ray.storage import Storage
@@ -186,6 +187,8 @@ def run_evaluate(cfg: EvaluateConfig, address: str | None = None) -> StageReport
     options = dict(cfg.storage.options)
     info = read_info(Storage(cfg.prepared, options))
     label_set = cfg.label_set or PRESETS[info["preset"]].label_set
+    if problem := vocabulary_mismatch(PRESETS[info["preset"]].label_set, label_set):
+        raise ConfigError(problem)
     inputs = evaluation_inputs(cfg, label_set)
     scene_ids = cfg.scenes or info["scenes"]
     stage = Storage(cfg.output, options).child(EVALUATE, cfg.folder)
@@ -211,7 +214,8 @@ def run_evaluate(cfg: EvaluateConfig, address: str | None = None) -> StageReport
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Score per-point features against the prepared ground truth with OpenScene's metric (SPEC §4) and draw them.
+    """Score per-point features against the prepared ground truth with OpenScene's metric (docs/method.md §4) and draw
+    them.
 
     Labels = argmax of feature · text over the label set's prompts ("a {class} in a scene", bare "other"). mode
     fusion scores features/{features}/ (points without a 2D feature are misses: mark_no_feature_to_unknown), distill

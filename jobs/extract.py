@@ -261,7 +261,7 @@ def run_extract(cfg: ExtractConfig, address: str | None = None) -> list[StageRep
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Fuse every frame's 2D teacher features onto the 3D points of each prepared scene (SPEC §2).
+    """Fuse every frame's 2D teacher features onto the 3D points of each prepared scene (docs/method.md §2).
 
     Writes {output}/features/{teacher}/{scene}.safetensors ({feat fp16 [M,C], mask_full bool [N]}, OpenScene
     semantics) and a manifest per teacher; `export_openscene: true` also writes OpenScene `.pt` files."""

@@ -50,23 +50,23 @@ DISTILL_MARGIN = 38.0
 
 
 class StudyConfig(Strict):
-    """`sas-ray study`: the ablation on synthetic data; see the module docstring. The stage sections (`extract`,
+    """`sas-ray study`: the ablation on synthetic data (docs/study.md, jobs/study.py). The stage sections (`extract`,
     `superpoints`, `distill`, `predict`, `diffusion`) hold extra keys of that stage's config; the study fills in the
     paths, scenes, teachers and text encoder."""
 
-    output: str
+    output: str  # root of every stage's output (raw/, prepared/, features/, ...)
     report: str | None = "docs/study.md"  # the markdown report (also written to {output}/study.md)
     dataset: SyntheticConfig  # rendered in the ScanNet layout (label images included)
     calibration_scenes: int = Field(ge=1)  # the first N scenes measure capability; the rest are evaluated
     text_encoder: TextEncoderSpec
     teachers: list[TeacherSpec] = Field(min_length=2, max_length=2)  # A (SAS's LSeg role), then B
     label_set: str = "scannet20"  # vocabulary of capability, fusion, stage 2 and evaluation
-    temperature: float = Field(0.05, gt=0)
+    temperature: float = Field(0.05, gt=0)  # capability fusion's (SAS: 0.05)
     linear_weights: list[float] | None = None  # default: proportional to each teacher's mean capability
-    extract: dict = Field(default_factory=dict)
-    superpoints: dict = Field(default_factory=dict)
-    distill: dict = Field(default_factory=dict)
-    predict: dict = Field(default_factory=dict)
+    extract: dict = Field(default_factory=dict)  # extra keys of the extract config
+    superpoints: dict = Field(default_factory=dict)  # extra keys of the superpoints config
+    distill: dict = Field(default_factory=dict)  # extra keys of the distill config
+    predict: dict = Field(default_factory=dict)  # extra keys of the predict config
     diffusion: dict | None = None  # CapabilityConfig keys of the annotation-free path; None = not run
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = False
@@ -533,9 +533,9 @@ def study_markdown(numbers: dict) -> str:
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StudyResult:
-    """The SAS ablation (SPEC §5.10) reproduced in shape on synthetic rooms with two simulated teachers of known skill:
-    every row from the real stage jobs (prepare, extract, capability, fuse, superpoints, distill, predict, evaluate).
-    Writes docs/study.md (the `report` key), {output}/study.md and {output}/study.json."""
+    """The SAS ablation (docs/method.md §5.10) reproduced in shape on synthetic rooms with two simulated teachers of
+    known skill: every row from the real stage jobs (prepare, extract, capability, fuse, superpoints, distill, predict,
+    evaluate). Writes docs/study.md (the `report` key), {output}/study.md and {output}/study.json."""
     from jobs.cli import load_stage_config
 
     return run_study(load_stage_config(config, overrides, StudyConfig), address)

@@ -1,0 +1,120 @@
+"""What a person sees while `sas-ray` runs: one progress bar per stage and the summary on the terminal; Ray's and
+the libraries' logs, warnings and worker output in a log file whose path is printed once (`-v` shows them instead).
+
+Quiet mode moves file descriptors 1 and 2 onto the log file, so everything the process and its children write there
+(Ray's C++ core, its Python loggers, forwarded worker output, warnings) lands in the file; progress bars, the summary
+and error lines go to copies of the terminal's descriptors kept aside.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command ended by Ctrl-C
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, finally-blocks get this long to flush manifests before the process ends
+
+
+class Terminal:
+    """The streams of the person's terminal: sys.stdout / sys.stderr, or their copies while logs are redirected."""
+
+    def __init__(self) -> None:
+        self._out: TextIO | None = None
+        self._err: TextIO | None = None
+
+    @property
+    def out(self) -> TextIO:
+        return self._out or sys.stdout
+
+    @property
+    def err(self) -> TextIO:
+        return self._err or sys.stderr
+
+
+TERMINAL = Terminal()
+
+
+def progress_bar(total: int, desc: str, unit: str, disable: bool = False, **kwargs) -> tqdm:
+    """A stage's progress bar on the terminal: count, rate and ETA in `unit`s (tqdm)."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=TERMINAL.err, dynamic_ncols=True,
+                **kwargs)
+
+
+def log_file(output: str, command: str) -> Path:
+    """Where a command's logs go: {output}/logs/{command}-{time}.log for a local output, else a local temporary
+    folder (the log is for the person at this terminal)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    local = output.removeprefix("file://") if "://" not in output or output.startswith("file://") else None
+    folder = Path(local) / "logs" if local else Path(os.environ.get("TMPDIR", "/tmp")) / "sas-ray-logs"
+    return folder / f"{command}-{stamp}-{os.getpid()}.log"
+
+
+@contextmanager
+def logs_to_file(path: Path) -> Iterator[Path]:
+    """Descriptors 1 and 2 write to `path` until the block ends; TERMINAL keeps the terminal. Prints the path once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = os.dup(1), os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    TERMINAL._out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    TERMINAL._err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    print(f"log: {path}", file=TERMINAL.err)
+    try:
+        yield path
+    finally:
+        for stream in (sys.stdout, sys.stderr, TERMINAL._out, TERMINAL._err):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        TERMINAL._out.close()
+        TERMINAL._err.close()
+        TERMINAL._out = TERMINAL._err = None
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C prints one line and raises KeyboardInterrupt in the main thread, so finally-blocks flush what is
+    done; if the process has not ended INTERRUPT_GRACE_S later (threads still waiting on Ray), or on a second
+    Ctrl-C, it ends with exit code 130 at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum, frame):
+        if on_interrupt.pressed:
+            _exit_now()
+        on_interrupt.pressed = True
+        print(f"\n{INTERRUPTED}", file=TERMINAL.err, flush=True)
+        timer = threading.Timer(INTERRUPT_GRACE_S, _exit_now)
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    on_interrupt.pressed = False
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _exit_now() -> None:
+    for stream in (TERMINAL.out, TERMINAL.err):
+        stream.flush()
+    os._exit(EXIT_INTERRUPTED)
