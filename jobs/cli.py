@@ -72,6 +72,15 @@ def _set_key(data: dict, assignment: str) -> None:
         path.append(str(part))
 
 
+def _unaliased(node):
+    """A copy of YAML data in which no two places share one object (as `&anchor` / `*alias` make them)."""
+    if isinstance(node, dict):
+        return {k: _unaliased(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unaliased(v) for v in node]
+    return node
+
+
 def _blamed(message_key: str, assignments: list[str]) -> str | None:
     """The --set assignment that wrote the key (or a section holding it) an error names, if any."""
     for assignment in reversed(assignments):
@@ -99,6 +108,7 @@ def load_stage_config(path: str, overrides: list[str], model):
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _unaliased(data)  # a --set changes the key it names, not every place a YAML anchor repeats it
     for assignment in overrides:
         _set_key(data, assignment)
     try:
@@ -215,5 +225,7 @@ def _ray_running() -> bool:
     return ray is not None and ray.is_initialized()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m jobs.cli` (sas-ray submit): run the one `jobs.cli` the stages import
+    from jobs.cli import main as cli_main
+
+    sys.exit(cli_main())

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import ray
 import torch
-from tqdm import tqdm
 
+from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, EvaluateConfig
 from sas_ray.errors import ConfigError, InputError, SasError, unit_message
@@ -147,7 +147,7 @@ def _scene_results(units: list[tuple[str, tuple]], progress: bool) -> list[dict]
     remote = ray.remote(num_cpus=1)(_evaluate_task)
     pending = {remote.remote(*args): scene for scene, args in units}
     results = []
-    with tqdm(total=len(pending), desc="evaluate", unit="scene", disable=not progress) as bar:
+    with progress_bar(len(pending), "evaluate", "scene", not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             scene = pending.pop(ready[0])

@@ -55,8 +55,8 @@ def preflight(stage: str, cfg: BaseModel, address: str | None = None, assume_yes
     if not problems:  # a placeholder bucket or path would only add its own storage errors
         problems += model_problems(keyed)
         problems += resource_problems(keyed, cluster_resources(address))
-        problems += storage_problems(keyed)
-        problems += input_problems(keyed)
+        unreachable = storage_problems(keyed)
+        problems += unreachable or input_problems(keyed)  # inputs on unreachable storage would repeat its problem
         problems += size_problems(keyed, assume_yes)
     if problems:
         raise PreflightError("\n".join(problems))
@@ -75,9 +75,14 @@ def _leaves(node, key: str = "") -> Iterator[tuple[str, object]]:
 
 
 def placeholders(data: dict) -> list[str]:
-    """Values still holding a template's placeholder (YOUR-BUCKET, /path/to/..., <name>)."""
-    return [f"{key}: {value!r} is a placeholder; fill in your own value" for key, value in _leaves(data)
-            if isinstance(value, str) and PLACEHOLDER.search(value)]
+    """Values still holding a template's placeholder (YOUR-BUCKET, /path/to/..., <name>): one line per placeholder,
+    naming the first key that has it."""
+    found: dict[str, list[str]] = {}
+    for key, value in _leaves(data):
+        if isinstance(value, str) and (match := PLACEHOLDER.search(value)):
+            found.setdefault(match.group(0).rstrip("/"), []).append(f"{key}: {value!r}")
+    return [f"{where[0]}{f' (and {len(where) - 1} more keys)' if len(where) > 1 else ''}: {token!r} is a "
+            "placeholder; fill in your own value" for token, where in found.items()]
 
 
 # -- models -----------------------------------------------------------------------------------------------------------
@@ -305,7 +310,7 @@ def input_problems(keyed) -> list[str]:
             root = absolute_root(prepared).rstrip("/")
             preset = prepared_here.get(root)
             if preset is None:
-                info = prepared_info(f"{prefix}prepared", prepared, dict(cfg.storage.options))
+                info = prepared_info(prepared, dict(cfg.storage.options))
                 preset = info["preset"]
                 unknown = sorted(set(getattr(cfg, "scenes", None) or []) - set(info["scenes"]))
                 if unknown:
@@ -317,7 +322,7 @@ def input_problems(keyed) -> list[str]:
                 if problem := vocabulary_mismatch(PRESETS[preset].label_set, cfg.label_set):
                     problems.append(f"{prefix}label_set: {problem}")
         except SasError as err:
-            problems.append(str(err))
+            problems.append(f"{prefix}prepared: {err}")
     return problems
 
 
@@ -329,8 +334,11 @@ def dataset_problems(prefix: str, cfg) -> list[str]:
     if dataset.synthetic is not None:
         return []
     options = dict(cfg.storage.options)
-    if not _exists(dataset.root, options):
-        return [f"{prefix}dataset.root: {dataset.root} does not exist"]
+    try:
+        if not _exists(dataset.root, options):
+            return [f"{prefix}dataset.root: {dataset.root} does not exist"]
+    except ConfigError as err:
+        return [f"{prefix}dataset.root: {err}"]
     try:
         found = layout_module(dataset.layout).list_scenes(dataset.root, dataset.split, options)
     except (SasError, OSError) as err:
@@ -345,19 +353,19 @@ def dataset_problems(prefix: str, cfg) -> list[str]:
     return []
 
 
-def prepared_info(key: str, prepared: str, options: dict) -> dict:
+def prepared_info(prepared: str, options: dict) -> dict:
     """dataset.json of a prepared root, which must list at least one scene."""
     from sas_ray.prepared import INFO
     from sas_ray.storage import Storage
 
     if not _exists(prepared, options):
-        raise ConfigError(f"{key}: {prepared} does not exist; run `sas-ray prepare` first")
+        raise ConfigError(f"{prepared} does not exist; run `sas-ray prepare` first")
     root = Storage(prepared, options)
     if not root.exists(INFO):
-        raise ConfigError(f"{key}: {prepared} is not a prepared dataset (no {INFO}); run `sas-ray prepare` first")
+        raise ConfigError(f"{prepared} is not a prepared dataset (no {INFO}); run `sas-ray prepare` first")
     info = root.read_json(INFO)
     if not info.get("scenes"):
-        raise ConfigError(f"{key}: {prepared} has no prepared scene (its prepare found none or all failed)")
+        raise ConfigError(f"{prepared} has no prepared scene (its prepare found none or all failed)")
     return info
 
 

@@ -64,6 +64,11 @@ def _check_row(row: dict) -> str:
     return unit
 
 
+def lost_pose_frames(rows: list[dict]) -> list[dict]:
+    """The rows whose camera pose is not finite (lost tracking: ScanNet writes '-inf'); no point projects into them."""
+    return [row for row in rows if not np.isfinite(row["pose"]).all()]
+
+
 def frame_index_table(rows: list[dict]) -> pa.Table:
     """Rows as a pyarrow table with FRAME_INDEX_SCHEMA (each row checked first)."""
     for row in rows:

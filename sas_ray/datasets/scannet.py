@@ -61,8 +61,8 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
 def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:
     """Frame index rows of the scene, in frame-number order, keeping frame numbers divisible by `frame_skip` (so 20
     on a raw every-frame export and 1 or 20 on OpenScene's every-20th export give the same frames). Frames whose
-    pose is not finite (ScanNet's lost tracking, '-inf') are left out: OpenScene's projection maps them nowhere.
-    `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout signature."""
+    pose is not finite (ScanNet's lost tracking, '-inf') stay in the index: `extract` leaves them out and counts
+    them in its summary (OpenScene's projection maps them nowhere). `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout signature."""
     tree = RawTree(root, options)
     check_id(scene_id, "scene id")
     unit = f"scene {scene_id}"
@@ -84,7 +84,7 @@ def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None
     width, height = image_size(tree.read(first, unit), unit, tree.url(first))
     return [frame_row(scene_id, f, tree.url(folder, "color", f"{f}.jpg"), intrinsic, pose, width, height,
                       depth_uri=tree.url(folder, "depth", f"{f}.png"), depth_scale=DEPTH_SCALE)
-            for f, pose in zip(frames, poses) if np.isfinite(pose).all()]
+            for f, pose in zip(frames, poses)]
 
 
 def write_scannet(root: str, split: str, scene: Scene, frames: list[Frame], options: dict | None = None,
