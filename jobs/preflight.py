@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sas_ray.config import PRESETS, PipelineConfig
 from sas_ray.errors import ConfigError, SasError
 
-PLACEHOLDER = re.compile(r"YOUR[-_][A-Z]|/path/to/|<[A-Za-z _-]+>")
+PLACEHOLDER = re.compile(r"YOUR[-_][A-Z0-9_-]*[A-Z0-9]|/path/to/|<[A-Za-z _-]+>")
 MEMORY_SHARE = 0.5  # a single task estimated to need more than this share of the machine's memory asks for --yes
 MODEL_DIM = 768  # feature channels assumed by the size estimate (CLIP ViT-L/14)
 
@@ -30,8 +30,9 @@ class PreflightError(ConfigError):
 class Demand:
     """Resources one kind of actor or worker asks Ray for, and how many of them must run at once."""
 
-    key: str  # the config key that asks, e.g. "distill.use_gpu"
+    gpu_key: str  # the config keys that ask, e.g. "distill.use_gpu"
     gpus: float
+    cpu_key: str
     cpus: float
     count: int  # the pool's minimum
 
@@ -80,7 +81,7 @@ def placeholders(data: dict) -> list[str]:
     found: dict[str, list[str]] = {}
     for key, value in _leaves(data):
         if isinstance(value, str) and (match := PLACEHOLDER.search(value)):
-            found.setdefault(match.group(0).rstrip("/"), []).append(f"{key}: {value!r}")
+            found.setdefault(match.group(0).rstrip("/"), []).append(key)
     return [f"{where[0]}{f' (and {len(where) - 1} more keys)' if len(where) > 1 else ''}: {token!r} is a "
             "placeholder; fill in your own value" for token, where in found.items()]
 
@@ -129,18 +130,20 @@ def demands(keyed) -> list[Demand]:
     for prefix, name, cfg in keyed:
         if name in ("extract", "capability"):
             for i, t in enumerate(cfg.teachers):
-                cpus = t.actor_cpus if name == "extract" else cfg.actor_cpus
-                out.append(Demand(f"{prefix}teachers.{i}.gpus", t.gpus, cpus, t.pool[0]))
+                cpus = (f"{prefix}teachers.{i}.cpus", t.actor_cpus) if name == "extract" else \
+                    (f"{prefix}actor_cpus", cfg.actor_cpus)
+                out.append(Demand(f"{prefix}teachers.{i}.gpus", t.gpus, *cpus, t.pool[0]))
         if name == "capability" and cfg.source == "diffusion":
-            out += [Demand(f"{prefix}{part}.gpus", getattr(cfg, part).gpus, cfg.actor_cpus, getattr(cfg, part).pool[0])
-                    for part in ("diffusion", "sam")]
+            for part in ("diffusion", "sam"):
+                spec = getattr(cfg, part)
+                out.append(Demand(f"{prefix}{part}.gpus", spec.gpus, f"{prefix}actor_cpus", cfg.actor_cpus,
+                                  spec.pool[0]))
         if name == "extract":
-            out.append(Demand(f"{prefix}decode_cpus", 0, cfg.decode_cpus, 1))
-        if name == "distill":
-            out.append(Demand(f"{prefix}use_gpu" if cfg.use_gpu else f"{prefix}num_workers",
-                              1 if cfg.use_gpu else 0, 1, cfg.num_workers[0]))
+            out.append(Demand("", 0, f"{prefix}decode_cpus", cfg.decode_cpus, 1))
+        if name == "distill":  # Ray Train: one CPU per worker, one GPU each with use_gpu
+            out.append(Demand(f"{prefix}use_gpu", float(cfg.use_gpu), f"{prefix}num_workers", 1, cfg.num_workers[0]))
         if name == "predict" and cfg.use_gpu:
-            out.append(Demand(f"{prefix}use_gpu", 1, 1, 1))
+            out.append(Demand(f"{prefix}use_gpu", 1, "", 1, 1))
     return out
 
 
@@ -148,8 +151,7 @@ def resource_problems(keyed, have: Resources) -> list[str]:
     """Demands Ray could never schedule on `have`: it would wait for them forever."""
     problems = []
     for d in demands(keyed):
-        value = "true" if d.key.endswith("use_gpu") else None
-        asks = f"{d.key}: {value or _number(d.gpus if d.key.endswith('gpus') else d.cpus)} asks for "
+        asks = f"{d.gpu_key}: {'true' if d.gpu_key.endswith('use_gpu') else _number(d.gpus)} asks for "
         if d.gpus > 0 and have.total_gpus == 0:
             problems.append(asks + f"a GPU but {have.where} has none and no autoscaler can add one (run on a GPU "
                                    "machine, join a GPU cluster with --address, or ask for none)")
@@ -160,8 +162,8 @@ def resource_problems(keyed, have: Resources) -> list[str]:
             problems.append(asks + f"{d.count} x {_number(d.gpus)} GPUs at once but {have.where} has "
                                    f"{_number(have.total_gpus)}")
         elif d.cpus > have.node_cpus:
-            problems.append(asks + f"{_number(d.cpus)} CPUs per worker but the largest node of {have.where} has "
-                                   f"{_number(have.node_cpus)}")
+            problems.append(f"{d.cpu_key}: {_number(d.cpus)} asks for {_number(d.cpus)} CPUs per worker but the "
+                            f"largest node of {have.where} has {_number(have.node_cpus)}")
     return problems
 
 

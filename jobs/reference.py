@@ -95,9 +95,7 @@ def field_comments(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _first_sentence(doc: str) -> str:
-    text = " ".join(doc.split())
-    end = text.find(". ")
-    return text if end < 0 else text[:end + 1]
+    return re.split(r"(?<=\.)\s+(?=[A-Z`])", " ".join(doc.split()), maxsplit=1)[0]
 
 
 def _strip_none(annotation):
