@@ -215,7 +215,8 @@ class _CapabilityRun:
                                         len(self.vocab.names), self.vocab.other_index)
         self.stage.write_table(TABLE, capability_table(results, self.vocab.names))
         self.stage.write_bytes(HEATMAP, capability_png(np.stack([r.capability for r in results.values()]),
-                                                       list(results), self.vocab.names))
+                                                       list(results), self.vocab.names,
+                                                       np.stack([r.images > 0 for r in results.values()])))
         self.report.seconds = time.perf_counter() - start
         self.report.outputs.update(capability=self.stage.url(TABLE), heatmap=self.stage.url(HEATMAP))
         return self.report

@@ -166,12 +166,16 @@ class _Study:
 
     def capability(self) -> None:
         """Calibration scenes -> the table `fuse` reads; evaluated scenes -> truth/ (the teachers' true IoU)."""
+        self.calibrate()
+        self.capability_from_labels(self.root.url("truth"), self.evaluation)
+
+    def calibrate(self) -> None:
+        """The calibration scenes' capability from their label images -> the table `fuse` reads."""
         from jobs.capability import CAPABILITY, CAPABILITY_LABELS, TABLE
 
         self.capability_from_labels(self.root.url(), self.calibration)
         measured = self.root.child(CAPABILITY_LABELS).read_bytes(TABLE)
         self.root.child(CAPABILITY).write_bytes(TABLE, measured)
-        self.capability_from_labels(self.root.url("truth"), self.evaluation)
 
     def diffusion(self) -> None:
         from jobs.capability import run_capability
@@ -271,14 +275,15 @@ class _Study:
             **self.cfg.predict, "prepared": self.prepared, "output": root.url(), "name": name,
             "checkpoint": root.url("distill", stage, "model.safetensors"), "scenes": self.evaluation}, "predict"))
 
-    def evaluate(self, root: Storage, key: str, mode: str) -> dict:
-        """mIoU / mAcc (percent) and the per-class IoU of one row, from the evaluate job's summary and table."""
+    def evaluate(self, root: Storage, key: str, mode: str, **settings) -> dict:
+        """mIoU / mAcc (percent) and the per-class IoU of one row, from the evaluate job's summary and table;
+        `settings`: more EvaluateConfig keys (pictures)."""
         from jobs.evaluate import EVALUATE, run_evaluate
 
         self.run("evaluate", run_evaluate, self.config(EvaluateConfig, {
             "prepared": self.prepared, "output": root.url(), "mode": mode, "features": key, "distilled": key,
             "name": key, "label_set": self.cfg.label_set, "text_encoder": self.cfg.text_encoder.model_dump(),
-            "max_ply_scenes": 0, "scenes": self.evaluation}, "evaluate"))
+            "max_ply_scenes": 0, "scenes": self.evaluation, **settings}, "evaluate"))
         stage = root.child(EVALUATE, key)
         summary = stage.read_json("summary.json")
         per_class = {r["class"]: r["iou"] for r in stage.read_table("per_class.parquet").to_pylist()}
@@ -353,6 +358,34 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> StudyResult:
         target = Storage(folder or ".", study.options)
         target.write_bytes(name, markdown.encode())
         study.result.report_urls.append(target.url(name))
+    return study.result
+
+
+def run_fusion_rows(cfg: StudyConfig, address: str | None = None, queries: tuple[str, ...] = ()) -> StudyResult:
+    """The study's 2D rows without distillation (what `sas-ray demo` leads with): prepare, extract (teachers A and
+    B), capability from the calibration rooms' label images, direct add and capability fusion, superpoints; then
+    teacher A, teacher B, direct add and capability fusion scored by `evaluate` (capability fusion with pictures of
+    its first room and `queries`), and capability fusion averaged over superpoints. numbers["rows"]: one dict per
+    row (key, name, miou, macc); numbers["pictures"]: the capability row's evaluate folder."""
+    from jobs.evaluate import EVALUATE
+
+    ensure_ray(address)
+    study = _Study(cfg, address)
+    root = study.root
+    study.prepare()
+    study.extract()
+    study.calibrate()
+    study.fuse(root, "add", "add")
+    study.fuse(root, "capability", "capability")
+    study.superpoints()
+    rows = [{"key": key, "name": name, **study.evaluate(root, key, "fusion")}
+            for key, name, _ in ROWS if key in ("teacher-a", "teacher-b", "add")]
+    rows.append({"key": "capability", "name": "2D capability fusion",
+                 **study.evaluate(root, "capability", "fusion", max_ply_scenes=1, queries=list(queries))})
+    rows.append({"key": "capability-sp", "name": "2D capability fusion, averaged over superpoints",
+                 **study.superpoint_averaged(root, "capability")})
+    study.result.numbers = {"rows": rows, "pictures": root.url(EVALUATE, "capability"),
+                            "scenes": {"calibration": study.calibration, "evaluation": study.evaluation}}
     return study.result
 
 
