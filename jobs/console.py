@@ -67,8 +67,8 @@ def logs_to_file(path: Path) -> Iterator[Path]:
         stream.flush()
     saved = os.dup(1), os.dup(2)
     log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    TERMINAL._out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
-    TERMINAL._err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    TERMINAL._out = _terminal_copy(sys.stdout, saved[0])
+    TERMINAL._err = _terminal_copy(sys.stderr, saved[1])
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
@@ -82,9 +82,20 @@ def logs_to_file(path: Path) -> Iterator[Path]:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        TERMINAL._out.close()
-        TERMINAL._err.close()
+        for copy, stream in ((TERMINAL._out, sys.stdout), (TERMINAL._err, sys.stderr)):
+            if copy is not stream:
+                copy.close()
         TERMINAL._out = TERMINAL._err = None
+
+
+def _terminal_copy(stream: TextIO, saved_fd: int) -> TextIO:
+    """A stream to the terminal once `stream`'s descriptor goes to the log: `stream` itself when it does not write
+    to descriptor 1 or 2 (a test's capture), else a text stream on the saved copy of its descriptor."""
+    try:
+        own = stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        own = False
+    return os.fdopen(os.dup(saved_fd), "w", buffering=1) if own else stream
 
 
 @contextmanager

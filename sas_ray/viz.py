@@ -74,13 +74,15 @@ def query_similarity(features: torch.Tensor, query: torch.Tensor) -> np.ndarray:
 
 
 def heatmap_colors(values: np.ndarray, colormap: str = "turbo") -> np.ndarray:
-    """uint8 [N,3]: values [N] min-max scaled over the finite ones through a matplotlib colormap; NaN is grey."""
+    """uint8 [N,3]: values [N] through a matplotlib colormap, scaled from the median to the maximum of the finite
+    ones (the lower half all take the colormap's first colour: a query's matches stand out, not the bulk of
+    middling similarities); NaN is grey."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
     colors = np.tile(np.asarray(NO_VALUE_COLOR, np.uint8), (len(values), 1))
     if finite.any():
-        lo, hi = values[finite].min(), values[finite].max()
-        scaled = (values[finite] - lo) / (hi - lo) if hi > lo else np.full(int(finite.sum()), 0.5)
+        lo, hi = np.median(values[finite]), values[finite].max()
+        scaled = np.clip((values[finite] - lo) / (hi - lo), 0, 1) if hi > lo else np.full(int(finite.sum()), 0.5)
         colors[finite] = np.round(255 * colormaps[colormap](scaled)[:, :3]).astype(np.uint8)
     return colors
 
@@ -100,37 +102,41 @@ class Panel:
 
 
 def panels_png(title: str, panels: Sequence[Panel], legend: Sequence[tuple[str, np.ndarray]] = (),
-               colorbar: str | None = None, colormap: str = "turbo", panel_inches: float = 4.0,
-               columns: int = 4) -> bytes:
-    """PNG: the panels side by side (at most `columns` a row, each `panel_inches` wide at its aspect), a legend of
-    (name, uint8 colour) entries and, with `colorbar`, a low-to-high colour bar of that label."""
+               colorbar: str | None = None, colormap: str = "turbo", panel_inches: float = 3.6,
+               columns: int = 5) -> bytes:
+    """PNG: the panels side by side (at most `columns` a row, each `panel_inches` wide at its aspect), below them a
+    legend of (name, uint8 colour) entries and, with `colorbar`, a small low-to-high colour bar of that label."""
     rows = -(-len(panels) // columns)
     cols = min(columns, len(panels))
     aspect = max(p.image.shape[0] / p.image.shape[1] for p in panels)
-    extra = (0.5 if legend else 0.0) + (0.6 if colorbar else 0.0) + 0.2 * (-(-len(legend) // 6))
-    fig = _figure((panel_inches * cols, panel_inches * aspect * rows + 0.6 + extra))
+    footer = 0.17 * -(-len(legend) // 6) + 0.15 if legend or colorbar else 0.0
+    fig = _figure((panel_inches * cols, (panel_inches * aspect + 0.3) * rows + 0.4 + footer))
     fig.suptitle(title)
-    grid = fig.add_gridspec(rows + (1 if legend or colorbar else 0), cols,
-                            height_ratios=[panel_inches * aspect] * rows + ([extra] if legend or colorbar else []))
+    grid = fig.add_gridspec(rows + (1 if footer else 0), cols,
+                            height_ratios=[panel_inches * aspect + 0.3] * rows + ([footer] if footer else []))
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(grid[i // cols, i % cols])
         ax.imshow(panel.image, interpolation="nearest")
         ax.set_title(panel.title, fontsize=9)
         ax.set_axis_off()
-    if legend or colorbar:
-        ax = fig.add_subplot(grid[rows, :])
-        ax.set_axis_off()
+    if footer:
+        split = grid[rows, :].subgridspec(1, 2, width_ratios=[3, 1] if colorbar and legend else [1, 1e-3])
         if legend:
+            ax = fig.add_subplot(split[0])
+            ax.set_axis_off()
             handles = [Patch(color=np.asarray(color) / 255, label=name) for name, color in legend]
-            ax.legend(handles=handles, loc="upper center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+            ax.legend(handles=handles, loc="center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
         if colorbar:
             from matplotlib.cm import ScalarMappable
             from matplotlib.colors import Normalize
 
-            bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap), ax=ax, orientation="horizontal",
-                               fraction=0.5, location="bottom", ticks=[0, 1])
-            bar.ax.set_xticklabels(["lowest", "highest"])
-            bar.set_label(colorbar, fontsize=8)
+            ax = fig.add_subplot(split[1] if legend else split[0])
+            ax.set_axis_off()
+            cax = ax.inset_axes((0.05, 0.55, 0.9, 0.2))
+            bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap), cax=cax, orientation="horizontal",
+                               ticks=[0, 1])
+            bar.ax.set_xticklabels(["median", "highest"], fontsize=7)
+            bar.set_label(colorbar, fontsize=7)
     return _png(fig)
 
 
@@ -174,7 +180,7 @@ def camera_view_png(layers: PointLayers, frame) -> bytes:
     panels += [Panel(title, paint(view, colors, dimmed)) for title, colors in layers.colored()]
     shown = np.unique(view[view != NO_POINT])
     return panels_png(f"{layers.scene_id}, camera of frame {frame.frame_id}", panels, layers.legend(shown),
-                      colorbar="query similarity (each panel scaled to its own range)" if layers.queries else None)
+                      colorbar="query similarity (each panel: its median to its highest)" if layers.queries else None)
 
 
 def birdseye_png(layers: PointLayers) -> bytes:
@@ -186,8 +192,7 @@ def birdseye_png(layers: PointLayers) -> bytes:
     shown = np.unique(view[view != NO_POINT])
     return panels_png(f"{layers.scene_id} from above ({cell * view.shape[1]:.1f} m across)", panels,
                       layers.legend(shown),
-                      colorbar="query similarity (each panel scaled to its own range)" if layers.queries else None,
-                      columns=3)
+                      colorbar="query similarity (each panel: its median to its highest)" if layers.queries else None)
 
 
 def capability_png(capabilities, teacher_names: Sequence[str], class_names: Sequence[str], measured=None,
