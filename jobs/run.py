@@ -163,14 +163,14 @@ def demo_config(output: str = DEMO_OUTPUT, overrides: list[str] = ()) -> Pipelin
 
 
 def demo_teachers_config(output: str = DEMO_OUTPUT):
-    """configs/study.yaml at its CI size (4 rooms measure capability, 4 are evaluated), without distillation and the
-    annotation-free path, under {output}/teachers/: the simulated teachers' rows of the demo."""
+    """configs/study.yaml at a demo size (3 rooms of 6 frames measure capability, 3 are evaluated), without
+    distillation and the annotation-free path, under {output}/teachers/: the simulated teachers' rows of the demo."""
     from jobs.study import StudyConfig
 
     data = yaml.safe_load((CONFIGS / "study.yaml").read_text())
-    data.update(output=f"{output.rstrip('/')}/{DEMO_TEACHERS}", report=None, calibration_scenes=4, diffusion=None,
+    data.update(output=f"{output.rstrip('/')}/{DEMO_TEACHERS}", report=None, calibration_scenes=3, diffusion=None,
                 progress=True)
-    data["dataset"].update(num_scenes=8, frames_per_scene=8)
+    data["dataset"].update(num_scenes=6, frames_per_scene=6)
     return parse_config(data, StudyConfig, source=str(CONFIGS / "study.yaml"))
 
 

@@ -109,7 +109,7 @@ def panels_png(title: str, panels: Sequence[Panel], legend: Sequence[tuple[str, 
     rows = -(-len(panels) // columns)
     cols = min(columns, len(panels))
     aspect = max(p.image.shape[0] / p.image.shape[1] for p in panels)
-    footer = 0.17 * -(-len(legend) // 6) + 0.15 if legend or colorbar else 0.0
+    footer = 0.2 * -(-len(legend) // 6) + 0.35 if legend or colorbar else 0.0
     fig = _figure((panel_inches * cols, (panel_inches * aspect + 0.3) * rows + 0.4 + footer))
     fig.suptitle(title)
     grid = fig.add_gridspec(rows + (1 if footer else 0), cols,
