@@ -57,9 +57,9 @@ def _set_key(data: dict, assignment: str) -> None:
         last = len(path) == len(parents)
         where = ".".join(path) or "the top level"
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {assignment}: {where} is a list of {len(node)}; use an index "
-                                  f"0..{len(node) - 1}" if node else f"--set {assignment}: {where} is an empty list")
+            if not (part.isdigit() and int(part) < len(node)):
+                indices = f"use an index 0..{len(node) - 1}" if node else "it has no entries"
+                raise ConfigError(f"--set {assignment}: {where} is a list of {len(node)}; {indices}")
             part = int(part)
         elif not isinstance(node, dict):
             raise ConfigError(f"--set {assignment}: {where} is {node!r}, not a section with keys")
@@ -82,22 +82,38 @@ def _unaliased(node):
 
 
 def _blamed(message_key: str, assignments: list[str]) -> str | None:
-    """The --set assignment that wrote the key (or a section holding it) an error names, if any."""
+    """The last --set assignment that wrote the key an error names (or a section holding it), if any."""
     for assignment in reversed(assignments):
         key = assignment.partition("=")[0]
-        if message_key == key or message_key.startswith(key + ".") or key.startswith(message_key + "."):
+        if message_key == key or message_key.startswith(key + "."):
             return assignment
     return None
 
 
-def load_stage_config(path: str, overrides: list[str], model):
-    """Read the YAML at `path`, apply `--set` overrides, validate against `model`: each error names the file and
-    key, or the --set that caused it. Under the `sas-ray` command, the preflight checks run next and the quiet
-    output begins (`begin`)."""
-    import fsspec
+def validated(data: dict, overrides: list[str], model, source: str):
+    """YAML `data` from `source` with the `--set` overrides applied, validated against `model`: one line per error,
+    naming the source and key, or the --set that wrote the key."""
     from pydantic import ValidationError
 
     from sas_ray.config import error_lines
+
+    data = _unaliased(data)  # a --set changes the key it names, not every place a YAML anchor repeats it
+    for assignment in overrides:
+        _set_key(data, assignment)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for key, message in error_lines(err):
+            blamed = _blamed(key, overrides)
+            lines.append(f"--set {blamed}: {message}" if blamed else f"{source}: {message}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_stage_config(path: str, overrides: list[str], model):
+    """Read the YAML at `path` and validate it with its `--set` overrides (`validated`). Under the `sas-ray` command,
+    the preflight checks run next and the quiet output begins (`begin`)."""
+    import fsspec
 
     try:
         with fsspec.open(path, "r") as f:
@@ -108,18 +124,7 @@ def load_stage_config(path: str, overrides: list[str], model):
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    data = _unaliased(data)  # a --set changes the key it names, not every place a YAML anchor repeats it
-    for assignment in overrides:
-        _set_key(data, assignment)
-    try:
-        cfg = model.model_validate(data)
-    except ValidationError as err:
-        lines = []
-        for key, message in error_lines(err):
-            blamed = _blamed(key, overrides)
-            lines.append(f"--set {blamed}: {message}" if blamed else f"{path}: {message}")
-        raise ConfigError("\n".join(lines)) from None
-    return begin(cfg)
+    return begin(validated(data, overrides, model, path))
 
 
 @dataclass

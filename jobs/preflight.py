@@ -172,27 +172,27 @@ def _number(value: float) -> str:
 
 
 def cluster_resources(address: str | None) -> Resources:
-    """This machine's CPUs and GPUs, as a local Ray would see them; with an address (or $RAY_ADDRESS), the
-    cluster's nodes now and the node types its autoscaler may add."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        cpus, gpus = local_cpus_and_gpus()
-        return Resources(cpus, gpus, gpus, "this machine")
+    """This machine's CPUs and GPUs, as a local Ray would see them; with an address (or $RAY_ADDRESS, or a Ray this
+    process already runs), the cluster's nodes now and the node types its autoscaler may add."""
     import ray
 
     from jobs.runtime import ensure_ray
 
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and not ray.is_initialized():
+        cpus, gpus = local_cpus_and_gpus()
+        return Resources(cpus, gpus, gpus, "this machine")
     ensure_ray(address)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     node_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
     node_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     total_gpus = ray.cluster_resources().get("GPU", 0)
     scalable = autoscaler_node_types()
-    if scalable:
-        node_cpus = max(node_cpus, *(t.get("CPU", 0) for t in scalable))
-        node_gpus = max(node_gpus, *(t.get("GPU", 0) for t in scalable))
-        total_gpus = max(total_gpus, max_cluster_gpus())
-    return Resources(node_cpus, node_gpus, total_gpus, "the cluster (autoscaler included)")
+    if not scalable:
+        return Resources(node_cpus, node_gpus, total_gpus, "the cluster")
+    node_cpus = max(node_cpus, *(t.get("CPU", 0) for t in scalable))
+    node_gpus = max(node_gpus, *(t.get("GPU", 0) for t in scalable))
+    return Resources(node_cpus, node_gpus, max(total_gpus, max_cluster_gpus()), "the cluster (autoscaler included)")
 
 
 def local_cpus_and_gpus() -> tuple[float, float]:

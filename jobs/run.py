@@ -152,14 +152,12 @@ def _relocate(node, output: str):
 
 def demo_config(output: str = DEMO_OUTPUT, overrides: list[str] = ()) -> PipelineConfig:
     """configs/demo-pipeline.yaml with its outputs under `output` and `--set` overrides applied."""
-    from jobs.cli import _set_key
+    from jobs.cli import validated
 
     if not DEMO_CONFIG.exists():
         raise SasError(f"{DEMO_CONFIG}: demo config not found (sas-ray demo runs from a source checkout)")
-    data = _relocate(yaml.safe_load(DEMO_CONFIG.read_text()), output)
-    for assignment in overrides:
-        _set_key(data, assignment)
-    return parse_config(data, PipelineConfig, source=str(DEMO_CONFIG))
+    return validated(_relocate(yaml.safe_load(DEMO_CONFIG.read_text()), output), list(overrides), PipelineConfig,
+                     str(DEMO_CONFIG))
 
 
 def demo_teachers_config(output: str = DEMO_OUTPUT):
