@@ -81,13 +81,26 @@ def _unaliased(node):
     return node
 
 
-def _blamed(message_key: str, assignments: list[str]) -> str | None:
-    """The last --set assignment that wrote the key an error names (or a section holding it), if any."""
+def _blamed(message_key: str, assignments: list[str], original: dict) -> str | None:
+    """The last --set assignment that wrote the key an error names, a section holding it, or a section under it
+    that the file does not have; None when the error is the file's."""
     for assignment in reversed(assignments):
         key = assignment.partition("=")[0]
-        if message_key == key or message_key.startswith(key + "."):
+        if message_key == key or message_key.startswith(key + ".") or \
+                (key.startswith(message_key + ".") and not _has_key(original, message_key)):
             return assignment
     return None
+
+
+def _has_key(data, key: str) -> bool:
+    for part in key.split("."):
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return False
+    return True
 
 
 def validated(data: dict, overrides: list[str], model, source: str):
@@ -97,7 +110,8 @@ def validated(data: dict, overrides: list[str], model, source: str):
 
     from sas_ray.config import error_lines
 
-    data = _unaliased(data)  # a --set changes the key it names, not every place a YAML anchor repeats it
+    original = _unaliased(data)  # a --set changes the key it names, not every place a YAML anchor repeats it
+    data = _unaliased(original)
     for assignment in overrides:
         _set_key(data, assignment)
     try:
@@ -105,7 +119,7 @@ def validated(data: dict, overrides: list[str], model, source: str):
     except ValidationError as err:
         lines = []
         for key, message in error_lines(err):
-            blamed = _blamed(key, overrides)
+            blamed = _blamed(key, overrides, original)
             lines.append(f"--set {blamed}: {message}" if blamed else f"{source}: {message}")
         raise ConfigError("\n".join(lines)) from None
 

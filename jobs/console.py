@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 INTERRUPTED = "interrupted; rerun the same command to resume"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command ended by Ctrl-C
-INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, finally-blocks get this long to flush manifests before the process ends
+INTERRUPT_GRACE_S = 10.0
+REDRAW_S = 1.0  # after Ctrl-C, finally-blocks get this long to flush manifests before the process ends
 
 
 class Terminal:
@@ -44,10 +45,27 @@ class Terminal:
 TERMINAL = Terminal()
 
 
-def progress_bar(total: int, desc: str, unit: str, disable: bool = False, **kwargs) -> tqdm:
-    """A stage's progress bar on the terminal: count, rate and ETA in `unit`s (tqdm)."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=TERMINAL.err, dynamic_ncols=True,
-                **kwargs)
+class _LiveBar(tqdm):
+    """A tqdm bar redrawn every REDRAW_S even while nothing finishes, so its clock runs while models load."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopped = threading.Event()
+        if not self.disable:
+            threading.Thread(target=self._redraw, daemon=True).start()
+
+    def _redraw(self) -> None:
+        while not self._stopped.wait(REDRAW_S):
+            self.refresh()
+
+    def close(self) -> None:
+        self._stopped.set()
+        super().close()
+
+
+def progress_bar(total: int | None, desc: str, unit: str, disable: bool = False) -> tqdm:
+    """A stage's progress bar on the terminal: count, rate and ETA in `unit`s."""
+    return _LiveBar(total=total, desc=desc, unit=unit, disable=disable, file=TERMINAL.err, dynamic_ncols=True)
 
 
 def log_file(output: str, command: str) -> Path:

@@ -128,8 +128,7 @@ def following_steps(steps, desc: str, show: bool) -> Iterator[None]:
                     bar.reset(total)
                     bar.initial = bar.n = first
                 bar.update(step - bar.n)
-                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-            bar.refresh()
+                bar.set_postfix_str(f"loss {loss:.4f}")
 
     with progress_bar(None, desc, "step", not show) as bar:
         thread = threading.Thread(target=follow, args=(bar,), daemon=True)

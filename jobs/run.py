@@ -89,6 +89,13 @@ def write_report(cfg: PipelineConfig, result: PipelineResult, source: str, prefa
         lines += ["", f"**Stopped:** {result.stopped}"]
     for r in result.reports:
         lines += ["", f"## {r.stage}", "", "```text", r.summary(), "```"]
+    if cfg.capability is not None:
+        from jobs.capability import CAPABILITY, CAPABILITY_LABELS, HEATMAP
+
+        folder = CAPABILITY if cfg.capability.source == "diffusion" else CAPABILITY_LABELS
+        stage = Storage(cfg.capability.output, dict(cfg.capability.storage.options)).child(folder)
+        if stage.exists(HEATMAP):
+            lines += ["", "## Capability", "", f"![capability]({_link(root, stage, HEATMAP)})"]
     if cfg.evaluate is not None and any(r.stage.startswith("evaluate") and r.done for r in result.reports):
         stage, pictures = evaluation_pictures(cfg.evaluate)
         pictures.sort(key=lambda p: not p.endswith(".png"))

@@ -145,6 +145,16 @@ def test_evaluate_perfect_features_then_one_confused_class(prepared, tmp_path, t
         assert all(iou[SCANNET_20[c]] == 1.0 for c in present), mode
         assert summary["miou"] == pytest.approx(len(present) / 20) and summary["macc"] == summary["miou"], mode
 
+    # A scene without features fails alone; the table lists it and says how many scenes its means cover.
+    _write_features(out, "half", SCENES[0], perfect[SCENES[0]], masks[SCENES[0]], text_encoder.text_space)
+    report = run_evaluate(parse_config({"prepared": prepared, "output": str(tmp_path / "out"), "features": "half",
+                                        "text_encoder": TINY_TEXT, "max_ply_scenes": 0, "progress": False},
+                                       EvaluateConfig))
+    assert (report.done, report.failed) == (1, 1) and report.outputs["mIoU"].endswith("(over 1 of 2 scenes (1 failed))")
+    table = out.child("evaluate", "half").read_bytes("per_class.md").decode()
+    assert "Over 1 of 2 scenes (1 failed)." in table
+    assert f"## Failed scenes (not in the numbers above)\n\n- {report.errors[0]}" in table and SCENES[1] in table
+
 
 # -- fuse ------------------------------------------------------------------------------------------------------------
 
