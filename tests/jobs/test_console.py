@@ -53,3 +53,23 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert err.count(INTERRUPTED) == 1
     log = next((tmp_path / "prepared" / "logs").glob("prepare-*.log"))
     assert err.startswith(f"log: {log}\n") and "Started a local Ray instance" in log.read_text()
+
+
+def test_logs_go_to_a_file_unless_verbose(ray_session, tmp_path, capfd):
+    import json
+
+    from jobs.cli import main as cli_main
+
+    prepared = tmp_path / "prepared"  # one scene listed, its file missing: the stage runs and that unit fails
+    prepared.mkdir()
+    (prepared / "dataset.json").write_text(json.dumps({"preset": "scannet", "scenes": ["scene0000_00"]}))
+    config = tmp_path / "superpoints.yaml"
+    config.write_text(f"prepared: {prepared}\noutput: {tmp_path / 'quiet'}\n")
+    assert cli_main(["superpoints", "--config", str(config)]) == 1
+    out, err = capfd.readouterr()
+    log = next((tmp_path / "quiet" / "logs").glob("superpoints-*.log"))
+    assert err.splitlines()[0] == f"log: {log}" and "superpoints: 0 done, 0 already done (skipped), 1 failed" in out
+    assert "  error: " in out and "scene0000_00.safetensors" in out
+    assert cli_main(["superpoints", "--config", str(config), "--set", f"output={tmp_path / 'loud'}", "-v"]) == 1
+    out, err = capfd.readouterr()
+    assert not (tmp_path / "loud" / "logs").exists() and "log: " not in err and "1 failed" in out
