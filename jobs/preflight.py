@@ -147,9 +147,11 @@ def demands(keyed) -> list[Demand]:
     return out
 
 
-def resource_problems(keyed, have: Resources) -> list[str]:
-    """Demands Ray could never schedule on `have`: it would wait for them forever."""
+def resource_problems(keyed, have: Resources | None) -> list[str]:
+    """Demands Ray could never schedule on `have` (None: unknown, nothing is refused): it would wait forever."""
     problems = []
+    if have is None:
+        return problems
     for d in demands(keyed):
         asks = f"{d.gpu_key}: {'true' if d.gpu_key.endswith('use_gpu') else _number(d.gpus)} asks for "
         if d.gpus > 0 and have.total_gpus == 0:
@@ -171,9 +173,11 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def cluster_resources(address: str | None) -> Resources:
+def cluster_resources(address: str | None) -> Resources | None:
     """This machine's CPUs and GPUs, as a local Ray would see them; with an address (or $RAY_ADDRESS, or a Ray this
-    process already runs), the cluster's nodes now and the node types its autoscaler may add."""
+    process already runs), the cluster's nodes now and the node types its autoscaler may add; None when an
+    autoscaler runs that does not publish its node types (Ray's v1 autoscaler, e.g. `ray up`): then Ray's own
+    autoscaler reports what it cannot add."""
     import ray
 
     from jobs.runtime import ensure_ray
@@ -188,6 +192,8 @@ def cluster_resources(address: str | None) -> Resources:
     node_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     total_gpus = ray.cluster_resources().get("GPU", 0)
     scalable = autoscaler_node_types()
+    if scalable is None:
+        return None
     if not scalable:
         return Resources(node_cpus, node_gpus, total_gpus, "the cluster")
     node_cpus = max(node_cpus, *(t.get("CPU", 0) for t in scalable))
@@ -206,12 +212,16 @@ def local_cpus_and_gpus() -> tuple[float, float]:
     return float(get_num_cpus()), float(gpus)
 
 
-def autoscaler_node_types() -> list[dict]:
-    """The resources of each node type the cluster's autoscaler may launch ([] without an autoscaler)."""
-    from ray._private import state
+def autoscaler_node_types() -> list[dict] | None:
+    """The resources of each node type the cluster's autoscaler may launch (as published by Ray's v2 autoscaler,
+    e.g. KubeRay's); [] without an autoscaler; None when one runs without publishing them (v1, `ray up`)."""
+    from ray._private import ray_constants, state
+    from ray.experimental.internal_kv import _internal_kv_get
 
     config = state.state.get_cluster_config()
-    return [dict(group.resources) for group in (config.node_group_configs if config else [])]
+    if config is not None and config.node_group_configs:
+        return [dict(group.resources) for group in config.node_group_configs]
+    return None if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) else []
 
 
 def max_cluster_gpus() -> float:

@@ -89,12 +89,6 @@ def test_extraction_scales_out_to_two_nodes_and_back(ray_session, tmp_path):
                        "--address", head.address], driver_log, head.env) as driver:
             wait_for(lambda: driver.poll() is not None, 300, "extraction did not finish", head.record_processes)
         assert driver.returncode == 0 and "extract: 2 done" in driver_log.read_text(), driver_log.read_text()[-3000:]
-        # the preflight counted the autoscaler's 2-CPU node type (the head has none); a GPU it can never add is refused
-        refused = subprocess.run([str(VENV_BIN / "sas-ray"), "extract", "--config", str(tmp_path / "extract.yaml"),
-                                  "--address", head.address, "--set", "teachers.0.gpus=1"], env=head.env,
-                                 capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2 and refused.stderr.startswith(
-            "error: teachers.0.gpus: 1 asks for a GPU but the cluster (autoscaler included) has none"), refused.stderr
         assert max(map(_alive_workers, _samples(nodes_log)), default=0) == 2, nodes_log.read_text()[-2000:]
         wait_for(lambda: _alive_workers(_samples(nodes_log)[-1]) == 0, 120, "idle worker nodes were not removed",
                  head.record_processes)
