@@ -23,7 +23,8 @@ from tqdm import tqdm
 INTERRUPTED = "interrupted; rerun the same command to resume"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command ended by Ctrl-C
 INTERRUPT_GRACE_S = 10.0
-REDRAW_S = 1.0  # after Ctrl-C, finally-blocks get this long to flush manifests before the process ends
+REDRAW_S = 1.0
+PIPE_INTERVAL_S = 10.0  # after Ctrl-C, finally-blocks get this long to flush manifests before the process ends
 
 
 class Terminal:
@@ -46,12 +47,14 @@ TERMINAL = Terminal()
 
 
 class _LiveBar(tqdm):
-    """A tqdm bar redrawn every REDRAW_S even while nothing finishes, so its clock runs while models load."""
+    """A tqdm bar redrawn every REDRAW_S on a terminal even while nothing finishes, so its clock runs while models
+    load; written to a file or pipe (CI logs, `sas-ray job logs`), at most every PIPE_INTERVAL_S."""
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        live = kwargs["file"].isatty()
+        super().__init__(*args, mininterval=0.1 if live else PIPE_INTERVAL_S, **kwargs)
         self._stopped = threading.Event()
-        if not self.disable:
+        if live and not self.disable:
             threading.Thread(target=self._redraw, daemon=True).start()
 
     def _redraw(self) -> None:
