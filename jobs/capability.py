@@ -40,6 +40,7 @@ import pyarrow as pa
 import ray
 from tqdm import tqdm
 
+from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.capability import aggregate, capability_table, class_slug, decode_mask_png, encode_png
 from sas_ray.config import CapabilityConfig, TeacherSpec
@@ -177,28 +178,29 @@ class _CapabilityRun:
         return rows.drop_columns(inputs)
 
     def consume(self, rows: ray.data.Dataset, progress: tqdm) -> None:
-        """Record each row's teacher results (and, via `on_row`, anything else) as rows stream in."""
+        """Record each row's teacher results (and, via `on_row`, anything else) as rows stream in; a row is one
+        image on the progress bar."""
         try:
             for row in rows.iter_rows():
-                self.on_row(row, progress)
+                self.on_row(row)
                 for k, spec in enumerate(self.cfg.teachers):
                     if row[f"teacher_{k}"]:
-                        self.record(spec.folder, row, json.loads(row[f"teacher_{k}"]), progress)
+                        self.record(spec.folder, row, json.loads(row[f"teacher_{k}"]))
+                progress.update(1)
         finally:
             self.ledger.flush()
 
-    def record(self, folder: str, row: dict, result: dict, progress: tqdm) -> None:
-        """One teacher unit's result: counts + manifest row, report, progress."""
+    def record(self, folder: str, row: dict, result: dict) -> None:
+        """One teacher unit's result: counts + manifest row, report."""
         self.report.count(self.ledger.record(f"{folder}-{row['unit']}", folder, row["image_id"], result,
                                              self.recipes[folder]))
-        progress.update(1)
 
-    def on_row(self, row: dict, progress: tqdm) -> None:
+    def on_row(self, row: dict) -> None:
         """Bookkeeping of one finished row besides its teachers' results: an input that could not be read fails
         every teacher unit waiting for it."""
         if row["error"]:
             for folder in json.loads(row["pending"]):
-                self.record(folder, row, {"error": row["error"], "seconds": 0.0}, progress)
+                self.record(folder, row, {"error": row["error"], "seconds": 0.0})
 
     def finish(self, image_ids: set[str], start: float) -> StageReport:
         """Aggregate the counts of the current units into capability.parquet + capability.png."""
@@ -213,7 +215,8 @@ class _CapabilityRun:
                                         len(self.vocab.names), self.vocab.other_index)
         self.stage.write_table(TABLE, capability_table(results, self.vocab.names))
         self.stage.write_bytes(HEATMAP, capability_png(np.stack([r.capability for r in results.values()]),
-                                                       list(results), self.vocab.names))
+                                                       list(results), self.vocab.names,
+                                                       np.stack([r.images > 0 for r in results.values()])))
         self.report.seconds = time.perf_counter() - start
         self.report.outputs.update(capability=self.stage.url(TABLE), heatmap=self.stage.url(HEATMAP))
         return self.report
@@ -242,7 +245,6 @@ class _DiffusionRun(_CapabilityRun):
                     self.stored.append({**item, "pending": json.dumps(pending)})
                     teacher_units += len(pending)
         self.report.skipped = len(self.image_ids) * len(self.recipes) - teacher_units
-        self.teacher_units = teacher_units
 
     def generated(self, unit: str, name: str, seed: int) -> bool:
         row = self.manifest.rows.get(unit)
@@ -252,7 +254,8 @@ class _DiffusionRun(_CapabilityRun):
     def run(self, start: float) -> StageReport:
         cfg = self.cfg
         stage_kwargs = {"stage": self.stage.root_url, "storage_options": self.options}
-        with tqdm(total=self.teacher_units, desc="capability", unit="measurement", disable=not cfg.progress) as bar:
+        images = len(self.stored) + len(self.fresh)
+        with progress_bar(images, "capability", "image", not cfg.progress) as bar:
             if self.stored:
                 rows = _items(self.stored).map(load_generated, fn_kwargs=stage_kwargs)
                 self.consume(self.measure(rows, {"stage": self.stage.root_url}, ["image", "mask"]), bar)
@@ -280,9 +283,9 @@ class _DiffusionRun(_CapabilityRun):
             fn_constructor_kwargs={"weights": sam.weights, "tiny": sam.tiny, "dtype": sam.dtype,
                                    "storage_options": self.options, "options": {"border": cfg.border, **sam.options}})
 
-    def on_row(self, row: dict, progress: tqdm) -> None:
+    def on_row(self, row: dict) -> None:
         if not row["generated"]:
-            super().on_row(row, progress)
+            super().on_row(row)
             return
         if row["error"]:  # the image is generated again next run, and measured then
             result = UnitResult.failed(row["unit"], row["error"], config_hash=self.generation)
@@ -353,11 +356,9 @@ class _LabelsRun(_CapabilityRun):
                                    "color_uri": row["color_uri"], "pending": json.dumps(pending)})
                 teacher_units += len(pending)
         self.report.skipped = len(self.image_ids) * len(self.recipes) - teacher_units
-        self.teacher_units = teacher_units
 
     def run(self, start: float) -> StageReport:
-        with tqdm(total=self.teacher_units, desc="capability (labels)", unit="measurement",
-                  disable=not self.cfg.progress) as bar:
+        with progress_bar(len(self.items), "capability (labels)", "image", not self.cfg.progress) as bar:
             if self.items:
                 rows = _items(self.items).map(read_labelled_frame, fn_kwargs={"label_set": self.cfg.label_set,
                                                                               "storage_options": self.options})

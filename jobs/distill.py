@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
 from jobs.superpoints import read_superpoints
 from sas_ray.config import PRESETS, DistillConfig
@@ -81,20 +85,60 @@ def training_inputs(cfg: DistillConfig) -> dict:
 
 
 def run_stage(cfg: DistillConfig, stage: str, inputs: dict):
-    """One TorchTrainer run; returns Ray Train's Result."""
+    """One TorchTrainer run, with a progress bar of its steps; returns Ray Train's Result."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from actors.progress import StepProgress
+
     storage_path, filesystem = train_storage(cfg.output, dict(cfg.storage.options))
     low, high = cfg.num_workers
+    steps = StepProgress.remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, **inputs},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "steps": steps, **inputs},
         scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=cfg.use_gpu),
         run_config=RunConfig(name=stage, storage_path=storage_path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    return trainer.fit()
+    with following_steps(steps, f"distill {stage}", cfg.progress):
+        return trainer.fit()
+
+
+@contextmanager
+def following_steps(steps, desc: str, show: bool) -> Iterator[None]:
+    """While the block runs, a thread draws the steps rank 0 reports to `steps` (a StepProgress actor) as a bar:
+    steps, steps/s, ETA, loss; "starting" until the first step (workers, data, first batch)."""
+    import ray
+
+    finished = threading.Event()
+
+    def follow(bar) -> None:
+        first = None
+        bar.set_postfix_str("starting workers")
+        while not finished.wait(0.5):
+            try:
+                last = ray.get(steps.read.remote(), timeout=10)
+            except ray.exceptions.RayError:  # the bar is not worth failing a training run
+                return
+            if last is not None:
+                step, total, loss = last
+                if first is None:  # a resumed run: count this invocation's steps for the rate and ETA
+                    first = step - 1
+                    bar.reset(total)
+                    bar.initial = bar.n = first
+                bar.update(step - bar.n)
+                bar.set_postfix_str(f"loss {loss:.4f}")
+
+    with progress_bar(None, desc, "step", not show) as bar:
+        thread = threading.Thread(target=follow, args=(bar,), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            finished.set()
+            thread.join(timeout=15)
+            ray.kill(steps)
 
 
 def export_stage(cfg: DistillConfig, stage: str, result) -> dict:
@@ -255,6 +299,7 @@ def train_loop_per_worker(config: dict) -> None:
     done_here = 0
     fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
     stop = stage_cfg.max_steps or float("inf")
+    total_steps = int(min(stage_cfg.epochs * per_epoch, stop))  # at this world size, for the progress bar
 
     def report(loss: float) -> None:
         """A checkpoint (rank 0 writes it; every rank reports, as Ray Train requires)."""
@@ -294,6 +339,8 @@ def train_loop_per_worker(config: dict) -> None:
                 progress["epoch_step"] += 1
                 progress["epoch_consumed"] = progress["epoch_step"] * global_batch
                 progress["losses"].append((progress["step"], float(loss.item())))
+                if rank == 0:
+                    config["steps"].update.remote(progress["step"], total_steps, progress["losses"][-1][1])
                 done_here += 1
                 if fault is not None:
                     fault.check(progress["step"])

@@ -4,8 +4,9 @@ Modes (OpenScene's): fusion = the fused 2D features (features/{features}/), dist
 (features/{distilled}/, written by `sas-ray predict`), ensemble = per point whichever of the two is surer.
 One Ray task per scene reads the scene (points, labels) and its features, predicts labels (argmax of feature · text
 over the vocabulary; "no feature" where a point has none) and returns its confusion counts (a [K, K+1] table); the
-first `max_ply_scenes` scenes also get pictures: pred.ply and gt.ply in label colours, and one heatmap PLY + PNG per
-free-form text query. The driver merges the counts and writes per_class.md, per_class.parquet, summary.json and
+first `max_ply_scenes` scenes also get pictures: the scene from above and from up to two of its own cameras, with the
+prediction, the ground truth and each free-form text query painted in (PNG), and pred.ply, gt.ply and one heatmap PLY
+per query for 3D viewers. The driver merges the counts and writes per_class.md, per_class.parquet, summary.json and
 confusion.png under {output}/evaluate/{name}/. Every write is atomic. Evaluation always reruns in full: it is a
 reduction over all scenes, and a scene costs one matmul.
 """
@@ -16,17 +17,19 @@ import re
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 import torch
-from tqdm import tqdm
 
+from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, EvaluateConfig
-from sas_ray.errors import InputError, SasError, unit_message
+from sas_ray.errors import ConfigError, InputError, SasError, unit_message
 from sas_ray.evaluate import (NO_FEATURE, ConfusionMatrix, ensemble_features, predict_distill, predict_ensemble,
                               predict_fusion)
 from sas_ray.features import read_full_features
-from sas_ray.labels import LABEL_SETS, NUSCENES_43, NUSCENES_43_TO_16, OPENSCENE_OTHER_INDEX, prompts
+from sas_ray.labels import (LABEL_SETS, NUSCENES_43, NUSCENES_43_TO_16, OPENSCENE_OTHER_INDEX, prompts,
+                            vocabulary_mismatch)
 from sas_ray.prepared import read_info, read_scene
 from sas_ray.scene import IGNORE_LABEL
 from sas_ray.storage import Storage
@@ -105,18 +108,38 @@ def predict_scene(prepared: Storage, out: Storage, cfg: EvaluateConfig, scene_id
     return scene, fused.dense(), predict_distill(fused.dense(), inputs.text, inputs.mapper)
 
 
-def draw_scene(pictures: Storage, scene, features: torch.Tensor, predicted: torch.Tensor,
-               inputs: EvaluationInputs) -> None:
-    """pred.ply, gt.ply and a heatmap PLY + PNG per query into `pictures`."""
-    from sas_ray.viz import heatmap_ply, heatmap_png, label_palette, label_ply, query_similarity
+def draw_scene(pictures: Storage, prepared: Storage, scene, features: torch.Tensor, predicted: torch.Tensor,
+               inputs: EvaluationInputs, views: int = 2) -> None:
+    """Pictures into `pictures`: birdseye.png and view-{frame}.png from up to `views` of the scene's own cameras
+    (prediction, ground truth and each query painted into every pixel); pred.ply, gt.ply and a heatmap PLY per query
+    for 3D viewers."""
+    from sas_ray.datasets.frames import lost_pose_frames, read_frame
+    from sas_ray.prepared import frame_rows_of
+    from sas_ray.views import pick_views
+    from sas_ray.viz import (PointLayers, birdseye_png, camera_view_png, heatmap_ply, label_palette, label_ply,
+                             query_similarity)
 
     palette = label_palette(len(inputs.class_names))
     pictures.write_bytes("pred.ply", label_ply(scene.points, predicted, palette))
     pictures.write_bytes("gt.ply", label_ply(scene.points, scene.labels, palette))
+    similarities = {}
     for stem, (query, embedding) in inputs.queries.items():
-        values = query_similarity(features, embedding)
-        pictures.write_bytes(f"{stem}.ply", heatmap_ply(scene.points, values))
-        pictures.write_bytes(f"{stem}.png", heatmap_png(scene.points, values, f'{scene.scene_id}: "{query}"'))
+        similarities[query] = query_similarity(features, embedding)
+        pictures.write_bytes(f"{stem}.ply", heatmap_ply(scene.points, similarities[query]))
+    layers = PointLayers(scene.scene_id, scene.points, predicted.numpy(), scene.labels, inputs.class_names,
+                         similarities)
+    pictures.write_bytes("birdseye.png", birdseye_png(layers))
+    rows = frame_rows_of(prepared, scene.scene_id)
+    lost = {id(r) for r in lost_pose_frames(rows)}
+    rows = [r for r in rows if id(r) not in lost and (r["height"], r["width"]) == (rows[0]["height"], rows[0]["width"])]
+    if not rows:
+        return
+    chosen = pick_views(scene.points, np.array([r["pose"] for r in rows]).reshape(-1, 4, 4),
+                        np.array([r["intrinsic"] for r in rows]).reshape(-1, 3, 3),
+                        (rows[0]["height"], rows[0]["width"]), views)
+    for i in chosen:
+        frame = read_frame(rows[i], prepared.options)
+        pictures.write_bytes(f"view-{frame.frame_id}.png", camera_view_png(layers, frame))
 
 
 def _evaluate_task(cfg: dict, scene_id: str, inputs: EvaluationInputs, draw: bool) -> dict:
@@ -128,7 +151,8 @@ def _evaluate_task(cfg: dict, scene_id: str, inputs: EvaluationInputs, draw: boo
         confusion = ConfusionMatrix(inputs.class_names)
         confusion.update(predicted, scene.labels, unit=f"scene {scene_id}")
         if draw:
-            draw_scene(out.child(EVALUATE, cfg.folder, "scenes", scene_id), scene, features, predicted, inputs)
+            draw_scene(out.child(EVALUATE, cfg.folder, "scenes", scene_id), Storage(cfg.prepared, options), scene,
+                       features, predicted, inputs)
         labelled = scene.labels != IGNORE_LABEL
         predicted = predicted.numpy()
         counts = {"points": scene.num_points, "labelled_points": int(labelled.sum()),
@@ -146,7 +170,7 @@ def _scene_results(units: list[tuple[str, tuple]], progress: bool) -> list[dict]
     remote = ray.remote(num_cpus=1)(_evaluate_task)
     pending = {remote.remote(*args): scene for scene, args in units}
     results = []
-    with tqdm(total=len(pending), desc="evaluate", unit="scene", disable=not progress) as bar:
+    with progress_bar(len(pending), "evaluate", "scene", not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             scene = pending.pop(ready[0])
@@ -158,6 +182,12 @@ def _scene_results(units: list[tuple[str, tuple]], progress: bool) -> list[dict]
     return results
 
 
+def scene_coverage(results: list[dict]) -> str:
+    """'3 scenes', or '2 of 3 scenes (1 failed)': what a mean covers."""
+    ok = sum(not r["error"] for r in results)
+    return f"{ok} scenes" if ok == len(results) else f"{ok} of {len(results)} scenes ({len(results) - ok} failed)"
+
+
 def write_results(stage: Storage, cfg: EvaluateConfig, label_set: str, inputs: EvaluationInputs,
                   confusion: ConfusionMatrix, results: list[dict]) -> str:
     """per_class.md / .parquet, summary.json and confusion.png; returns the markdown table."""
@@ -166,8 +196,12 @@ def write_results(stage: Storage, cfg: EvaluateConfig, label_set: str, inputs: E
     folders = {"fusion": [cfg.features], "distill": [cfg.distilled], "ensemble": [cfg.features, cfg.distilled]}
     evaluated = folders[cfg.mode]
     table = confusion.to_markdown()
-    stage.write_bytes("per_class.md", (f"# {' + '.join(evaluated)}: mode {cfg.mode}, {label_set} "
-                                       f"({confusion.num_classes} classes)\n\n{table}").encode())
+    failed = [r for r in results if r["error"]]
+    lines = [f"# {' + '.join(evaluated)}: mode {cfg.mode}, {label_set} ({confusion.num_classes} classes)", "",
+             f"Over {scene_coverage(results)}.", "", table]
+    if failed:
+        lines += ["## Failed scenes (not in the numbers above)", ""] + [f"- {r['error']}" for r in failed] + [""]
+    stage.write_bytes("per_class.md", "\n".join(lines).encode())
     stage.write_table("per_class.parquet", confusion.to_arrow())
     stage.write_json("summary.json", {
         "features": evaluated, "mode": cfg.mode, "label_set": label_set, "num_classes": confusion.num_classes,
@@ -186,6 +220,8 @@ def run_evaluate(cfg: EvaluateConfig, address: str | None = None) -> StageReport
     options = dict(cfg.storage.options)
     info = read_info(Storage(cfg.prepared, options))
     label_set = cfg.label_set or PRESETS[info["preset"]].label_set
+    if problem := vocabulary_mismatch(PRESETS[info["preset"]].label_set, label_set):
+        raise ConfigError(problem)
     inputs = evaluation_inputs(cfg, label_set)
     scene_ids = cfg.scenes or info["scenes"]
     stage = Storage(cfg.output, options).child(EVALUATE, cfg.folder)
@@ -204,21 +240,25 @@ def run_evaluate(cfg: EvaluateConfig, address: str | None = None) -> StageReport
             confusion = confusion.merge(ConfusionMatrix(inputs.class_names, result["counts"]))
     if report.done:
         table = write_results(stage, cfg, label_set, inputs, confusion, results)
-        report.outputs.update({"results": stage.url(), "mIoU": f"{100 * confusion.mean_iou():.1f}",
-                               "mAcc": f"{100 * confusion.mean_accuracy():.1f}", "per class": "\n" + table.rstrip()})
+        over = f" (over {scene_coverage(results)})"
+        report.outputs.update({"results": stage.url(), "mIoU": f"{100 * confusion.mean_iou():.1f}{over}",
+                               "mAcc": f"{100 * confusion.mean_accuracy():.1f}{over}",
+                               "per class": "\n" + table.rstrip()})
     report.seconds = time.perf_counter() - start
     return report
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Score per-point features against the prepared ground truth with OpenScene's metric (SPEC §4) and draw them.
+    """Score per-point features against the prepared ground truth with OpenScene's metric (docs/method.md §4) and draw
+    them.
 
     Labels = argmax of feature · text over the label set's prompts ("a {class} in a scene", bare "other"). mode
     fusion scores features/{features}/ (points without a 2D feature are misses: mark_no_feature_to_unknown), distill
     scores features/{distilled}/ (`sas-ray predict`), ensemble takes per point the surer of the two. mIoU and mAcc
     divide by ALL classes. Writes {output}/evaluate/{name}/per_class.md, per_class.parquet, summary.json,
-    confusion.png, and for the first max_ply_scenes scenes scenes/{scene}/pred.ply, gt.ply and a heatmap PLY + PNG
-    per text query."""
+    confusion.png, and for the first max_ply_scenes scenes scenes/{scene}/birdseye.png and view-{frame}.png (the
+    scene from above and from its own cameras: prediction, ground truth, each text query) with pred.ply, gt.ply and
+    a heatmap PLY per query for 3D viewers."""
     from jobs.cli import load_stage_config
 
     return run_evaluate(load_stage_config(config, overrides, EvaluateConfig), address)

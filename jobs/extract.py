@@ -20,8 +20,10 @@ import ray
 import torch
 from tqdm import tqdm
 
+from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
 from sas_ray.config import PRESETS, ExtractConfig, TeacherSpec
+from sas_ray.datasets.frames import lost_pose_frames
 from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
@@ -31,11 +33,25 @@ from sas_ray.scene import PointFeatures
 from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
 
 
+def lost_pose_warnings(index_rows: list[dict], scene_ids: list[str]) -> list[str]:
+    """One line per scene that has frames with a lost pose: they are left out of its fusion."""
+    wanted = set(scene_ids)
+    lost: dict[str, list[str]] = {}
+    for row in lost_pose_frames([r for r in index_rows if r["scene"] in wanted]):
+        lost.setdefault(row["scene"], []).append(row["frame"])
+    total = {s: sum(r["scene"] == s for r in index_rows) for s in lost}
+    return [f"scene {s}: {len(frames)} of {total[s]} frames left out, their camera pose is not finite (lost "
+            f"tracking): frame {', '.join(frames[:5])}{' ...' if len(frames) > 5 else ''}"
+            for s, frames in lost.items()]
+
+
 def frame_groups(index_rows: list[dict], scene_ids: list[str], frames_per_task: int) -> list[dict]:
-    """Work items: each scene's frames (index order) cut into groups of at most `frames_per_task`."""
+    """Work items: each scene's frames (index order, without lost poses) cut into groups of at most
+    `frames_per_task`."""
     by_scene: dict[str, list[dict]] = {s: [] for s in scene_ids}
+    lost = {id(row) for row in lost_pose_frames(index_rows)}
     for row in index_rows:
-        if row["scene"] in by_scene:
+        if row["scene"] in by_scene and id(row) not in lost:
             by_scene[row["scene"]].append(row)
     groups = []
     for scene_id, rows in by_scene.items():
@@ -134,7 +150,7 @@ class _TeacherRun:
     """One teacher's pipeline, merger, writer and manifest."""
 
     def __init__(self, cfg: ExtractConfig, spec: TeacherSpec, out: Storage, info: dict, index_rows: list[dict],
-                 scene_ids: list[str], position: int):
+                 scene_ids: list[str]):
         self.cfg, self.spec = cfg, spec
         self.stage = out.child(FEATURES, spec.folder)
         self.manifest = Manifest(self.stage)
@@ -149,10 +165,10 @@ class _TeacherRun:
         self.labelled_only = cfg.labelled_only if cfg.labelled_only is not None else not preset.has_depth
         self.groups = frame_groups(index_rows, self.todo, cfg.frames_per_task)
         self.merger = SceneMerger({g["scene"]: g["num_groups"] for g in self.groups})
-        total_frames = sum(len(json.loads(g["frames"])) for g in self.groups)
-        self.progress = tqdm(total=total_frames, desc=f"extract {spec.folder}", unit="frame", position=position,
-                             disable=not cfg.progress)
-        self.report = StageReport(f"extract[{spec.folder}]", skipped=self.skipped)
+        self.frames = sum(len(json.loads(g["frames"])) for g in self.groups)
+        self.progress: tqdm | None = None  # the stage's bar, shared by the teachers
+        self.report = StageReport(f"extract[{spec.folder}]", skipped=self.skipped,
+                                  warnings=lost_pose_warnings(index_rows, self.todo))
 
     def dataset(self) -> ray.data.Dataset:
         spec = self.spec
@@ -211,7 +227,6 @@ class _TeacherRun:
                     writes = self._collect(writes, block=len(writes) > 4)
                 self._collect(writes, block=True)
         self.manifest.flush()
-        self.progress.close()
         self.report.seconds = time.perf_counter() - start
         self.report.outputs["features"] = self.stage.url()
         return self.report
@@ -242,15 +257,19 @@ def run_extract(cfg: ExtractConfig, address: str | None = None) -> list[StageRep
     index_rows = read_frame_index(prepared).to_pylist()
     scene_ids = cfg.scenes or sorted({r["scene"] for r in index_rows})
     out = Storage(cfg.output, options)
-    runs = [_TeacherRun(cfg, spec, out, info, index_rows, scene_ids, i) for i, spec in enumerate(cfg.teachers)]
-    if len(runs) == 1:
-        return [runs[0].run()]
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # teachers stream concurrently on their own pools
-        return list(pool.map(lambda r: r.run(), runs))
+    runs = [_TeacherRun(cfg, spec, out, info, index_rows, scene_ids) for spec in cfg.teachers]
+    teachers = f"{len(runs)} teachers" if len(runs) > 1 else cfg.teachers[0].folder
+    with progress_bar(sum(r.frames for r in runs), f"extract ({teachers})", "frame", not cfg.progress) as bar:
+        for r in runs:
+            r.progress = bar
+        if len(runs) == 1:
+            return [runs[0].run()]
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # teachers stream concurrently on their own pools
+            return list(pool.map(lambda r: r.run(), runs))
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Fuse every frame's 2D teacher features onto the 3D points of each prepared scene (SPEC §2).
+    """Fuse every frame's 2D teacher features onto the 3D points of each prepared scene (docs/method.md §2).
 
     Writes {output}/features/{teacher}/{scene}.safetensors ({feat fp16 [M,C], mask_full bool [N]}, OpenScene
     semantics) and a manifest per teacher; `export_openscene: true` also writes OpenScene `.pt` files."""
@@ -263,5 +282,6 @@ def main(config: str, overrides: list[str], address: str | None) -> StageReport:
         combined.skipped += r.skipped
         combined.failed += r.failed
         combined.errors += r.errors
+        combined.warnings += [w for w in r.warnings if w not in combined.warnings]  # each teacher saw the same
         combined.outputs.update({r.stage: r.outputs.get("features", "")})
     return combined

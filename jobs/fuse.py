@@ -150,7 +150,8 @@ def run_fuse(cfg: FuseConfig, address: str | None = None) -> StageReport:
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
-    """Fuse the teachers' point features of every scene into one set (SAS capability-guided fusion, SPEC §5.5).
+    """Fuse the teachers' point features of every scene into one set (SAS capability-guided fusion,
+    docs/method.md §5.5).
 
     method capability: each point's feature is the softmax(capability / 0.05)-weighted sum of the teachers' features,
     the capabilities read from {output}/capability/capability.parquet (`sas-ray capability`) on the classes the

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import ray
-from tqdm import tqdm
 
+from jobs.console import progress_bar
 from jobs.runtime import UNIT_ERRORS, StageReport, ensure_ray, run_unit_tasks, scene_unit
 from sas_ray.config import DatasetConfig, PrepareConfig, config_hash
 from sas_ray.datasets import layout_module
@@ -46,9 +46,11 @@ def _generate_synthetic(dataset: DatasetConfig, options: dict, progress: bool) -
     todo = [s for s in synthetic_scene_ids(dataset) if s not in have]
     task = ray.remote(_write_synthetic_task)
     refs = [task.remote(dataset.model_dump(), s, options) for s in todo]
-    for _ in tqdm(range(len(refs)), desc="render synthetic", unit="scene", disable=not progress):
-        ready, refs = ray.wait(refs, num_returns=1)
-        ray.get(ready[0])
+    with progress_bar(len(refs), "render synthetic", "scene", not progress) as bar:
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            ray.get(ready[0])
+            bar.update(1)
 
 
 def _write_synthetic_devkit_task(dataset: dict, options: dict) -> None:

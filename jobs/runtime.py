@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
-from tqdm import tqdm
 
+from jobs.console import progress_bar
 from sas_ray.errors import SasError, unit_message
 from sas_ray.storage import UnitResult
 
@@ -38,6 +38,7 @@ class StageReport:
     seconds: float = 0.0
     first_output_seconds: float = 0.0  # start-up: until the first unit's result arrived (model loads, scheduling)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # input left out without failing a unit (e.g. a lost pose)
     outputs: dict[str, str] = field(default_factory=dict)
 
     def count(self, result) -> None:
@@ -52,6 +53,7 @@ class StageReport:
         lines = [f"{self.stage}: {self.done} done, {self.skipped} already done (skipped), {self.failed} failed "
                  f"in {self.seconds:.1f} s"]
         lines += [f"  error: {e}" for e in self.errors]
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  {k}: {v}" for k, v in self.outputs.items()]
         return "\n".join(lines)
 
@@ -63,7 +65,7 @@ def run_unit_tasks(fn: Callable, units: list[tuple[str, tuple]], manifest, repor
     that demand asks for (a GPU node for `num_gpus` > 0), and no more tasks run on a node than it has GPUs for."""
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn)
     pending = {remote.remote(*args): unit for unit, args in units}
-    with tqdm(total=len(pending), desc=desc, unit="scene", disable=not progress) as bar:
+    with progress_bar(len(pending), desc, "scene", not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             unit = pending.pop(ready[0])

@@ -50,23 +50,23 @@ DISTILL_MARGIN = 38.0
 
 
 class StudyConfig(Strict):
-    """`sas-ray study`: the ablation on synthetic data; see the module docstring. The stage sections (`extract`,
+    """`sas-ray study`: the ablation on synthetic data (docs/study.md, jobs/study.py). The stage sections (`extract`,
     `superpoints`, `distill`, `predict`, `diffusion`) hold extra keys of that stage's config; the study fills in the
     paths, scenes, teachers and text encoder."""
 
-    output: str
+    output: str  # root of every stage's output (raw/, prepared/, features/, ...)
     report: str | None = "docs/study.md"  # the markdown report (also written to {output}/study.md)
     dataset: SyntheticConfig  # rendered in the ScanNet layout (label images included)
     calibration_scenes: int = Field(ge=1)  # the first N scenes measure capability; the rest are evaluated
     text_encoder: TextEncoderSpec
     teachers: list[TeacherSpec] = Field(min_length=2, max_length=2)  # A (SAS's LSeg role), then B
     label_set: str = "scannet20"  # vocabulary of capability, fusion, stage 2 and evaluation
-    temperature: float = Field(0.05, gt=0)
+    temperature: float = Field(0.05, gt=0)  # capability fusion's (SAS: 0.05)
     linear_weights: list[float] | None = None  # default: proportional to each teacher's mean capability
-    extract: dict = Field(default_factory=dict)
-    superpoints: dict = Field(default_factory=dict)
-    distill: dict = Field(default_factory=dict)
-    predict: dict = Field(default_factory=dict)
+    extract: dict = Field(default_factory=dict)  # extra keys of the extract config
+    superpoints: dict = Field(default_factory=dict)  # extra keys of the superpoints config
+    distill: dict = Field(default_factory=dict)  # extra keys of the distill config
+    predict: dict = Field(default_factory=dict)  # extra keys of the predict config
     diffusion: dict | None = None  # CapabilityConfig keys of the annotation-free path; None = not run
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = False
@@ -166,12 +166,16 @@ class _Study:
 
     def capability(self) -> None:
         """Calibration scenes -> the table `fuse` reads; evaluated scenes -> truth/ (the teachers' true IoU)."""
+        self.calibrate()
+        self.capability_from_labels(self.root.url("truth"), self.evaluation)
+
+    def calibrate(self) -> None:
+        """The calibration scenes' capability from their label images -> the table `fuse` reads."""
         from jobs.capability import CAPABILITY, CAPABILITY_LABELS, TABLE
 
         self.capability_from_labels(self.root.url(), self.calibration)
         measured = self.root.child(CAPABILITY_LABELS).read_bytes(TABLE)
         self.root.child(CAPABILITY).write_bytes(TABLE, measured)
-        self.capability_from_labels(self.root.url("truth"), self.evaluation)
 
     def diffusion(self) -> None:
         from jobs.capability import run_capability
@@ -271,14 +275,15 @@ class _Study:
             **self.cfg.predict, "prepared": self.prepared, "output": root.url(), "name": name,
             "checkpoint": root.url("distill", stage, "model.safetensors"), "scenes": self.evaluation}, "predict"))
 
-    def evaluate(self, root: Storage, key: str, mode: str) -> dict:
-        """mIoU / mAcc (percent) and the per-class IoU of one row, from the evaluate job's summary and table."""
+    def evaluate(self, root: Storage, key: str, mode: str, **settings) -> dict:
+        """mIoU / mAcc (percent) and the per-class IoU of one row, from the evaluate job's summary and table;
+        `settings`: more EvaluateConfig keys (pictures)."""
         from jobs.evaluate import EVALUATE, run_evaluate
 
         self.run("evaluate", run_evaluate, self.config(EvaluateConfig, {
             "prepared": self.prepared, "output": root.url(), "mode": mode, "features": key, "distilled": key,
             "name": key, "label_set": self.cfg.label_set, "text_encoder": self.cfg.text_encoder.model_dump(),
-            "max_ply_scenes": 0, "scenes": self.evaluation}, "evaluate"))
+            "max_ply_scenes": 0, "scenes": self.evaluation, **settings}, "evaluate"))
         stage = root.child(EVALUATE, key)
         summary = stage.read_json("summary.json")
         per_class = {r["class"]: r["iou"] for r in stage.read_table("per_class.parquet").to_pylist()}
@@ -353,6 +358,34 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> StudyResult:
         target = Storage(folder or ".", study.options)
         target.write_bytes(name, markdown.encode())
         study.result.report_urls.append(target.url(name))
+    return study.result
+
+
+def run_fusion_rows(cfg: StudyConfig, address: str | None = None, queries: tuple[str, ...] = ()) -> StudyResult:
+    """The study's 2D rows without distillation (what `sas-ray demo` leads with): prepare, extract (teachers A and
+    B), capability from the calibration rooms' label images, direct add and capability fusion, superpoints; then
+    teacher A, teacher B, direct add and capability fusion scored by `evaluate` (capability fusion with pictures of
+    its first room and `queries`), and capability fusion averaged over superpoints. numbers["rows"]: one dict per
+    row (key, name, miou, macc); numbers["pictures"]: the capability row's evaluate folder."""
+    from jobs.evaluate import EVALUATE
+
+    ensure_ray(address)
+    study = _Study(cfg, address)
+    root = study.root
+    study.prepare()
+    study.extract()
+    study.calibrate()
+    study.fuse(root, "add", "add")
+    study.fuse(root, "capability", "capability")
+    study.superpoints()
+    rows = [{"key": key, "name": name, **study.evaluate(root, key, "fusion")}
+            for key, name, _ in ROWS if key in ("teacher-a", "teacher-b", "add")]
+    rows.append({"key": "capability", "name": "2D capability fusion",
+                 **study.evaluate(root, "capability", "fusion", max_ply_scenes=1, queries=list(queries))})
+    rows.append({"key": "capability-sp", "name": "2D capability fusion, averaged over superpoints",
+                 **study.superpoint_averaged(root, "capability")})
+    study.result.numbers = {"rows": rows, "pictures": root.url(EVALUATE, "capability"),
+                            "scenes": {"calibration": study.calibration, "evaluation": study.evaluation}}
     return study.result
 
 
@@ -533,9 +566,9 @@ def study_markdown(numbers: dict) -> str:
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StudyResult:
-    """The SAS ablation (SPEC §5.10) reproduced in shape on synthetic rooms with two simulated teachers of known skill:
-    every row from the real stage jobs (prepare, extract, capability, fuse, superpoints, distill, predict, evaluate).
-    Writes docs/study.md (the `report` key), {output}/study.md and {output}/study.json."""
+    """The SAS ablation (docs/method.md §5.10) reproduced in shape on synthetic rooms with two simulated teachers of
+    known skill: every row from the real stage jobs (prepare, extract, capability, fuse, superpoints, distill, predict,
+    evaluate). Writes docs/study.md (the `report` key), {output}/study.md and {output}/study.json."""
     from jobs.cli import load_stage_config
 
     return run_study(load_stage_config(config, overrides, StudyConfig), address)

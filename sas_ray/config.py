@@ -1,4 +1,5 @@
-"""Validated configuration for every stage, loaded from YAML; dataset presets hold the SPEC §2.5 constants.
+"""Validated configuration for every stage, loaded from YAML; dataset presets hold the constants of
+docs/method.md §2.5.
 
 Unknown keys and wrong types are errors that name the file and the key path. Defaults live here and only here.
 """
@@ -23,7 +24,7 @@ class Strict(BaseModel):
 
 
 class DatasetPreset(Strict):
-    """Per-dataset constants of OpenScene's fusion and distillation (SPEC §1.3, §2.5, §3)."""
+    """Per-dataset constants of OpenScene's fusion and distillation (docs/method.md §1.3, §2.5, §3)."""
 
     image_width: int
     image_height: int
@@ -58,19 +59,19 @@ Layout = Literal["scannet", "matterport", "nuscenes", "scans"]
 class SyntheticConfig(Strict):
     """Procedural scenes rendered into a raw dataset layout (sas_ray.datasets.synthetic)."""
 
-    num_scenes: int = Field(2, ge=1)
-    frames_per_scene: int = Field(8, ge=1)
+    num_scenes: int = Field(2, ge=1)  # rooms to render (scene0000_00, scene0001_00, ...)
+    frames_per_scene: int = Field(8, ge=1)  # RGB-D frames rendered per room, from poses around it
     size: Literal["real", "tiny"] = "tiny"  # real = the preset's image size; tiny = 64x48-ish for tests
-    points_per_scene: int = Field(20000, ge=100)
-    seed: int = 0
+    points_per_scene: int = Field(20000, ge=100)  # points sampled on each room's mesh
+    seed: int = 0  # rooms, furniture and poses are a function of it
 
 
 class DatasetConfig(Strict):
     """Where a dataset lives and how to read it."""
 
-    layout: Layout
+    layout: Layout  # raw folder layout: OpenScene's ScanNet or Matterport export, nuScenes devkit
     root: str  # URL of the raw dataset (local path, file://, s3://, memory://)
-    split: str = "val"
+    split: str = "val"  # sub-folder / nuScenes version to read, e.g. train, val
     scenes: list[str] | None = None  # default: every scene found
     preset: str | None = None  # default: same name as layout
     synthetic: SyntheticConfig | None = None  # set = generate the raw dataset into `root` first
@@ -119,14 +120,14 @@ class DatasetConfig(Strict):
 class StorageConfig(Strict):
     """fsspec options passed to every filesystem (e.g. S3 endpoint_url, key, secret)."""
 
-    options: dict = Field(default_factory=dict)
+    options: dict = Field(default_factory=dict)  # passed to fsspec.filesystem(); {} = the environment's credentials
 
 
 class PrepareConfig(Strict):
     """`sas-ray prepare`: raw dataset -> scenes (safetensors) + frame index (parquet) under `output`."""
 
     dataset: DatasetConfig
-    output: str
+    output: str  # URL the prepared dataset is written to
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
 
@@ -162,16 +163,16 @@ class TeacherSpec(Strict):
 
 
 class ExtractConfig(Strict):
-    """`sas-ray extract`: per-scene, per-teacher fused point features (SPEC §2) under `output`/features/."""
+    """`sas-ray extract`: per-scene, per-teacher fused point features (docs/method.md §2) under `output`/features/."""
 
     prepared: str  # output root of `sas-ray prepare`
-    output: str
+    output: str  # root; features go to {output}/features/{teacher}/
     teachers: list[TeacherSpec] = Field(min_length=1)
     scenes: list[str] | None = None  # default: every prepared scene
     split: Literal["full", "chunks"] = "full"  # chunks = OpenScene train files: random point subsets per scene
     num_chunks: int = Field(5, ge=1)  # num_rand_file_per_scene
-    n_split_points: int = Field(20000, ge=1)
-    seed: int = 1457
+    n_split_points: int = Field(20000, ge=1)  # points per chunk (split chunks)
+    seed: int = 1457  # of the chunks' random point subsets
     labelled_only: bool | None = None  # project only labelled points; default: True for nuScenes presets
     vis_thres: float | None = None  # default: the dataset preset's
     cut_bound: int | None = None  # default: the dataset preset's
@@ -189,9 +190,9 @@ class ExtractConfig(Strict):
 class SuperpointsConfig(Strict):
     """`sas-ray superpoints`: segmentator superpoints per prepared scene."""
 
-    prepared: str
-    output: str
-    scenes: list[str] | None = None
+    prepared: str  # output root of `sas-ray prepare`
+    output: str  # root; superpoints go to {output}/superpoints/
+    scenes: list[str] | None = None  # default: every prepared scene
     mode: Literal["auto", "mesh", "points"] = "auto"  # auto = mesh when the scene has faces
     k_thresh: float = Field(0.01, gt=0)  # SAS: 0.01
     min_verts: int = Field(60, ge=1)  # SAS: 60 (segmentator default 20)
@@ -205,7 +206,7 @@ class TextEncoderSpec(Strict):
 
     name: str = "openclip-text"  # registry name (sas_ray.models.text_encoder_names())
     weights: str | None = None  # the same CLIP checkpoint as the teachers'
-    tiny: bool = False
+    tiny: bool = False  # random small encoder of the same class (tests, demo)
     options: dict = Field(default_factory=dict)  # builder keyword arguments (arch, seed for tiny, ...)
 
 
@@ -224,9 +225,9 @@ class FuseConfig(Strict):
     label_set: str = "matterport21"  # the vocabulary of the votes: SAS's 21 entries, 'other' at 19
     other_index: int | None = None  # vocabulary entry whose first-teacher votes keep the first feature;
     # absent = the label set's 'other' entry (labels.OPENSCENE_OTHER_INDEX), null = no such rule
-    temperature: float = Field(0.05, gt=0)
+    temperature: float = Field(0.05, gt=0)  # softmax temperature of the capability weights (SAS: 0.05)
     text_encoder: TextEncoderSpec | None = None  # required by method capability; checks the features' text space
-    fused_name: str = "fused"
+    fused_name: str = "fused"  # output folder under features/
     scenes: list[str] | None = None  # default: every scene any teacher has features for
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
@@ -305,8 +306,8 @@ class DistillStageConfig(Strict):
 
 class DistillConfig(Strict):
     """`sas-ray distill`: MinkUNet18A distilled from fused 2D features on Ray Train, stage 1 (point + superpoint
-    cosine, SPEC §5.7) then stage 2 (EMA self-distillation, §5.8). Checkpoints and the EMA history live under
-    {output}/distill/; rerunning the same config resumes."""
+    cosine, docs/method.md §5.7) then stage 2 (EMA self-distillation, §5.8). Checkpoints and the EMA history live
+    under {output}/distill/; rerunning the same config resumes."""
 
     prepared: str  # output root of `sas-ray prepare`
     output: str  # root holding features/{features}/ and superpoints/; results go to distill/
@@ -320,15 +321,15 @@ class DistillConfig(Strict):
     loop: int = Field(5, ge=1)  # OpenScene/SAS: every scene 5 times per epoch
     batch_size: int = Field(4, ge=1)  # scenes per worker per step (SAS: 16 over 4 GPUs)
     base_lr: float = Field(1e-4, gt=0)  # Adam, at lr_reference_batch scenes per step; scaled linearly
-    lr_reference_batch: int = Field(16, ge=1)
+    lr_reference_batch: int = Field(16, ge=1)  # global batch (scenes per step) at which base_lr applies
     lr_x10_quirk: bool = True  # OpenScene/SAS's index_split=0: every step after the first runs at 10x poly lr
     voxel_size: float | None = Field(None, gt=0)  # default: the preset's (0.02 indoor, 0.05 nuScenes)
     supervision_limit: int = Field(20000, ge=1)  # voxels per worker batch entering the loss (random subset)
     mixed_precision: bool = True  # fp16 autocast + loss scaling on CUDA (about half the memory); off on CPU
-    ema_momentum: float = Field(0.9999, gt=0, lt=1)
-    backend: SparseBackendName = "auto"
+    ema_momentum: float = Field(0.9999, gt=0, lt=1)  # stage 2: weight of the previous prediction in the EMA history
+    backend: SparseBackendName = "auto"  # sparse convolution library; auto = the fastest installed
     num_workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers; min < max = elastic
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per Ray Train worker (the cluster must have or be able to add them)
     checkpoint_every: int = Field(100, ge=1)  # optimizer steps between checkpoints
     max_failures: int = Field(3, ge=0)  # worker failures survived by restarting from the last checkpoint
     stop_after_steps: int | None = Field(None, ge=1)  # end this invocation after this many steps (time-boxed
@@ -352,18 +353,18 @@ class PredictConfig(Strict):
     """`sas-ray predict`: a distilled checkpoint over scenes -> per-point 3D features in features/{name}/ (all points
     have a feature), for `sas-ray evaluate` (modes distill and ensemble)."""
 
-    prepared: str
+    prepared: str  # output root of `sas-ray prepare`
     output: str  # features/{name}/ is written here
     checkpoint: str | None = None  # our model.safetensors or an OpenScene/SAS .pth.tar; default: the distill
     # stage's final model under {output}/distill/
     text_space: str | None = None  # recorded in the feature files; default: the checkpoint's metadata
-    name: str = "distill"
-    scenes: list[str] | None = None
+    name: str = "distill"  # output folder under features/
+    scenes: list[str] | None = None  # default: every prepared scene
     repeats: int = Field(5, ge=1)  # OpenScene test_repeats: random rotations/scales, features averaged
-    voxel_size: float | None = Field(None, gt=0)
-    backend: SparseBackendName = "auto"
-    use_gpu: bool = False  # each scene's task asks Ray for one GPU (an autoscaling cluster adds a GPU node for it)
-    seed: int = 1463
+    voxel_size: float | None = Field(None, gt=0)  # default: the checkpoint's
+    backend: SparseBackendName = "auto"  # sparse convolution library; auto = the fastest installed
+    use_gpu: bool = False  # run the network on one GPU: each scene's task asks Ray for one (autoscalers add a node)
+    seed: int = 1463  # of the test-time rotations and scales
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
 
@@ -372,12 +373,12 @@ class ModelPoolSpec(Strict):
     """A model of the capability stage (Stable Diffusion, SAM): its weights and the actor pool that runs it."""
 
     weights: str | None = None  # SD: a diffusers-layout folder URL (unet/, vae/, text_encoder/); SAM: a checkpoint
-    tiny: bool = False
+    tiny: bool = False  # random small model of the same classes (tests, demo)
     options: dict = Field(default_factory=dict)  # builder keyword arguments (arch, min_area, ...)
-    gpus: float = Field(1.0, ge=0)
-    pool: tuple[int, int] = (1, 1)
+    gpus: float = Field(1.0, ge=0)  # per actor: 1 = its own GPU, a fraction to share one, 0 = CPU
+    pool: tuple[int, int] = (1, 1)  # (min, max) actors; the pool grows and shrinks with the cluster
     batch_size: int = Field(4, ge=1)  # SD: prompts per pipeline call; SAM: images per actor call
-    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"  # on GPU; CPU always runs float32
 
     @model_validator(mode="after")
     def _pool_order(self) -> ModelPoolSpec:
@@ -387,20 +388,21 @@ class ModelPoolSpec(Strict):
 
 
 class CapabilityConfig(Strict):
-    """`sas-ray capability`: per-teacher, per-class capability (SAS MCC, SPEC §5.4) under `output`/capability/.
+    """`sas-ray capability`: per-teacher, per-class capability (SAS MCC, docs/method.md §5.4) under
+    `output`/capability/.
 
     source "diffusion": Stable Diffusion images + SAM pseudo masks (annotation-free); "labels": the label images of
     a prepared ScanNet-layout dataset (ground truth, written to `output`/capability_labels/ for comparison)."""
 
-    output: str
+    output: str  # root; results go to {output}/capability/ (labels: capability_labels/)
     teachers: list[TeacherSpec] = Field(min_length=1)
     text_encoder: TextEncoderSpec  # embeds the vocabulary; must share the teachers' text space
     label_set: str = "matterport21"  # the vocabulary: SAS uses ScanNet 20 + ceiling, 'other' at 19
     classes: list[str] | None = None  # classes to measure; default: the vocabulary minus 'other'
-    source: Literal["diffusion", "labels"] = "diffusion"
+    source: Literal["diffusion", "labels"] = "diffusion"  # diffusion: annotation-free (SAS); labels: label images
     images_per_class: int = Field(50, ge=1)  # seeds 0..N-1
-    steps: int = Field(50, ge=1)
-    guidance: float = 7.0
+    steps: int = Field(50, ge=1)  # denoising steps per image (SAS: 50)
+    guidance: float = 7.0  # classifier-free guidance scale (SAS passes 7)
     size: int = Field(512, ge=8)  # generated image side, pixels (a multiple of 8)
     border: int = Field(70, ge=0)  # pixels of the coarse mask zeroed at each side before picking SAM prompts
     diffusion: ModelPoolSpec = Field(default_factory=ModelPoolSpec)
@@ -460,17 +462,25 @@ class PipelineConfig(Strict):
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-def _format_errors(err: ValidationError) -> str:
+def error_lines(err: ValidationError) -> list[tuple[str, str]]:
+    """(key path, message naming the key) of each validation error; a section's own check has its section's key."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'")
+            lines.append((key, f"unknown key '{key}'"))
         elif e["type"] == "missing":
-            lines.append(f"missing key '{key}'")
+            lines.append((key, f"missing key '{key}'"))
+        elif e["type"] == "value_error":  # a section's own check: its message says what is wrong
+            where = f"key '{key}': " if e["loc"] else ""
+            lines.append((key, where + e["msg"].removeprefix("Value error, ")))
         else:
-            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "; ".join(lines)
+            lines.append((key, f"key '{key}': {e['msg']} (got {e.get('input')!r})"))
+    return lines
+
+
+def _format_errors(err: ValidationError) -> str:
+    return "; ".join(message for _, message in error_lines(err))
 
 
 def parse_config(data: dict, model: type[ConfigT], source: str = "<config>") -> ConfigT:

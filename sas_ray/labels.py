@@ -86,3 +86,21 @@ def prompts(labels: tuple[str, ...] | list[str], other_index: int | None = None)
     if other_index is None and "other" in labels:
         other_index = list(labels).index("other")
     return ["other" if i == other_index else f"a {name} in a scene" for i, name in enumerate(labels)]
+
+
+def vocabulary_mismatch(data_label_set: str, evaluated_label_set: str) -> str | None:
+    """Why ground truth stored as indices of `data_label_set` cannot be scored with `evaluated_label_set`, or None:
+    every class index of the data must name the same class in the evaluated vocabulary (the data's classes must be
+    its first entries), else predictions and labels disagree silently (ScanNet's 'floor' would be counted as the
+    'door' of matterport160)."""
+    data, evaluated = LABEL_SETS[data_label_set], LABEL_SETS[evaluated_label_set]
+    if evaluated[:len(data)] == data:
+        return None
+    compatible = sorted(name for name, names in LABEL_SETS.items() if names[:len(data)] == data)
+    if len(evaluated) < len(data):
+        detail = f"has {len(evaluated)} classes, the data's labels go up to {len(data) - 1} ({data[-1]!r})"
+    else:
+        k = next(i for i, (a, b) in enumerate(zip(data, evaluated)) if a != b)
+        detail = f"names class {k} {evaluated[k]!r}, the data's label {k} is {data[k]!r}"
+    return (f"label_set {evaluated_label_set!r} does not match the data's labels ({data_label_set!r}): it {detail}; "
+            f"use one of {compatible}")

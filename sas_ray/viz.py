@@ -9,12 +9,14 @@ from __future__ import annotations
 import colorsys
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from sas_ray.datasets.ply import encode_ply
 from sas_ray.errors import InputError
@@ -72,13 +74,15 @@ def query_similarity(features: torch.Tensor, query: torch.Tensor) -> np.ndarray:
 
 
 def heatmap_colors(values: np.ndarray, colormap: str = "turbo") -> np.ndarray:
-    """uint8 [N,3]: values [N] min-max scaled over the finite ones through a matplotlib colormap; NaN is grey."""
+    """uint8 [N,3]: values [N] through a matplotlib colormap, scaled from the median to the maximum of the finite
+    ones (the lower half all take the colormap's first colour: a query's matches stand out, not the bulk of
+    middling similarities); NaN is grey."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
     colors = np.tile(np.asarray(NO_VALUE_COLOR, np.uint8), (len(values), 1))
     if finite.any():
-        lo, hi = values[finite].min(), values[finite].max()
-        scaled = (values[finite] - lo) / (hi - lo) if hi > lo else np.full(int(finite.sum()), 0.5)
+        lo, hi = np.median(values[finite]), values[finite].max()
+        scaled = np.clip((values[finite] - lo) / (hi - lo), 0, 1) if hi > lo else np.full(int(finite.sum()), 0.5)
         colors[finite] = np.round(255 * colormaps[colormap](scaled)[:, :3]).astype(np.uint8)
     return colors
 
@@ -89,47 +93,131 @@ def heatmap_ply(points: np.ndarray, values: np.ndarray, colormap: str = "turbo")
     return encode_ply(points, colors=heatmap_colors(values, colormap))
 
 
-def heatmap_png(points: np.ndarray, values: np.ndarray, title: str, value_label: str = "cosine similarity",
-                colormap: str = "turbo", size_inches: tuple[float, float] = (6.0, 5.0)) -> bytes:
-    """PNG: top-down (x, y) scatter of the points coloured by value [N], higher points drawn over lower ones,
-    with a colour bar; NaN points grey."""
-    _check_points(points, len(values))
-    order = np.argsort(points[:, 2], kind="stable")
-    points, values = points[order], np.asarray(values, dtype=np.float64)[order]
-    finite = np.isfinite(values)
-    fig = _figure(size_inches)
-    ax = fig.add_subplot()
-    ax.scatter(points[~finite, 0], points[~finite, 1], s=1, c=[np.asarray(NO_VALUE_COLOR) / 255], linewidths=0,
-               rasterized=True)
-    dots = ax.scatter(points[finite, 0], points[finite, 1], s=1, c=values[finite], cmap=colormap, linewidths=0,
-                      rasterized=True)
-    if finite.any():
-        fig.colorbar(dots, ax=ax, label=value_label)
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
-    ax.set_title(title)
+@dataclass(frozen=True)
+class Panel:
+    """One image of a picture: uint8 [H, W, 3] and its title."""
+
+    title: str
+    image: np.ndarray
+
+
+def panels_png(title: str, panels: Sequence[Panel], legend: Sequence[tuple[str, np.ndarray]] = (),
+               colorbar: str | None = None, colormap: str = "turbo", panel_inches: float = 3.6,
+               columns: int = 5) -> bytes:
+    """PNG: the panels side by side (at most `columns` a row, each `panel_inches` wide at its aspect), below them a
+    legend of (name, uint8 colour) entries and, with `colorbar`, a small low-to-high colour bar of that label."""
+    rows = -(-len(panels) // columns)
+    cols = min(columns, len(panels))
+    aspect = max(p.image.shape[0] / p.image.shape[1] for p in panels)
+    footer = 0.2 * -(-len(legend) // 6) + 0.35 if legend or colorbar else 0.0
+    fig = _figure((panel_inches * cols, (panel_inches * aspect + 0.3) * rows + 0.4 + footer))
+    fig.suptitle(title)
+    grid = fig.add_gridspec(rows + (1 if footer else 0), cols,
+                            height_ratios=[panel_inches * aspect + 0.3] * rows + ([footer] if footer else []))
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        ax.imshow(panel.image, interpolation="nearest")
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_axis_off()
+    if footer:
+        split = grid[rows, :].subgridspec(1, 2, width_ratios=[3, 1] if colorbar and legend else [1, 1e-3])
+        if legend:
+            ax = fig.add_subplot(split[0])
+            ax.set_axis_off()
+            handles = [Patch(color=np.asarray(color) / 255, label=name) for name, color in legend]
+            ax.legend(handles=handles, loc="center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
+        if colorbar:
+            from matplotlib.cm import ScalarMappable
+            from matplotlib.colors import Normalize
+
+            ax = fig.add_subplot(split[1] if legend else split[0])
+            ax.set_axis_off()
+            cax = ax.inset_axes((0.05, 0.55, 0.9, 0.2))
+            bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap), cax=cax, orientation="horizontal",
+                               ticks=[0, 1])
+            bar.ax.set_xticklabels(["median", "highest"], fontsize=7)
+            bar.set_label(colorbar, fontsize=7)
     return _png(fig)
 
 
-def capability_png(capabilities, teacher_names: Sequence[str], class_names: Sequence[str],
+@dataclass(frozen=True)
+class PointLayers:
+    """What a scene's pictures paint, per point: predicted and true labels, and each text query's similarity."""
+
+    scene_id: str
+    points: np.ndarray  # float [N, 3]
+    predicted: np.ndarray  # int [N]
+    truth: np.ndarray  # int [N]
+    class_names: Sequence[str]
+    queries: dict[str, np.ndarray]  # query text -> float [N] (NaN: no feature)
+
+    def colored(self) -> list[tuple[str, np.ndarray]]:
+        """(panel title, uint8 [N, 3] colours): prediction, ground truth, then one per query."""
+        palette = label_palette(len(self.class_names))
+        layers = [("prediction", label_colors(self.predicted, palette)),
+                  ("ground truth", label_colors(self.truth, palette))]
+        return layers + [(f'"{query}"', heatmap_colors(values)) for query, values in self.queries.items()]
+
+    def legend(self, shown: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Legend entries of the classes predicted or labelled at the `shown` point indices, and the black of
+        'ignore / no feature' when any shows."""
+        palette = label_palette(len(self.class_names))
+        present = np.union1d(self.predicted[shown], self.truth[shown])
+        entries = [(self.class_names[k], palette[k]) for k in present if 0 <= k < len(self.class_names)]
+        if (present >= len(self.class_names)).any() or (present < 0).any():
+            entries.append(("ignored / no feature", np.asarray(UNLABELLED_COLOR, np.uint8)))
+        return entries
+
+
+def camera_view_png(layers: PointLayers, frame) -> bytes:
+    """PNG: the frame's RGB beside the prediction, the ground truth and each query's similarity, painted into that
+    camera's view (pixels showing no point keep a dimmed copy of the frame)."""
+    from sas_ray.views import NO_POINT, camera_view, paint
+
+    view = camera_view(layers.points, frame)
+    dimmed = (0.35 * frame.rgb + 0.65 * 200).astype(np.uint8)
+    panels = [Panel(f"frame {frame.frame_id}", frame.rgb)]
+    panels += [Panel(title, paint(view, colors, dimmed)) for title, colors in layers.colored()]
+    shown = np.unique(view[view != NO_POINT])
+    return panels_png(f"{layers.scene_id}, camera of frame {frame.frame_id}", panels, layers.legend(shown),
+                      colorbar="query similarity (each panel: its median to its highest)" if layers.queries else None)
+
+
+def birdseye_png(layers: PointLayers) -> bytes:
+    """PNG: the scene from above (a plan cut below the ceiling), prediction, ground truth and each query."""
+    from sas_ray.views import NO_POINT, birdseye_view, paint
+
+    view, cell = birdseye_view(layers.points)
+    panels = [Panel(title, paint(view, colors, (255, 255, 255))) for title, colors in layers.colored()]
+    shown = np.unique(view[view != NO_POINT])
+    return panels_png(f"{layers.scene_id} from above ({cell * view.shape[1]:.1f} m across)", panels,
+                      layers.legend(shown),
+                      colorbar="query similarity (each panel: its median to its highest)" if layers.queries else None)
+
+
+def capability_png(capabilities, teacher_names: Sequence[str], class_names: Sequence[str], measured=None,
                    size_inches: tuple[float, float] | None = None) -> bytes:
-    """PNG: teachers x classes heatmap of capability values [T,K] with the numbers written in the cells."""
+    """PNG: teachers x classes heatmap of capability values [T,K] with the numbers written in the cells; cells
+    where `measured` (bool [T,K]) is False are grey and marked '–' (no image measured them: not a zero)."""
     caps = _numpy(capabilities).astype(np.float64)
     if caps.shape != (len(teacher_names), len(class_names)):
         raise InputError(f"capabilities are {list(caps.shape)} but there are {len(teacher_names)} teachers and "
                          f"{len(class_names)} classes")
+    measured = np.ones(caps.shape, bool) if measured is None else _numpy(measured).astype(bool)
+    shown = np.ma.masked_array(caps, mask=~measured)
+    colormap = colormaps["viridis"].with_extremes(bad=(0.85, 0.85, 0.85))
     fig = _figure(size_inches or (max(6.0, 0.45 * len(class_names) + 2), 1.0 + 0.5 * len(teacher_names) + 1.5))
     ax = fig.add_subplot()
-    image = ax.imshow(caps, cmap="viridis", vmin=0.0, vmax=max(1.0, float(caps.max(initial=0))), aspect="auto")
+    image = ax.imshow(shown, cmap=colormap, vmin=0.0, vmax=max(1.0, float(caps[measured].max(initial=0))),
+                      aspect="auto")
     ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(teacher_names)), teacher_names)
     if len(class_names) <= 40:
         for (t, k), value in np.ndenumerate(caps):
-            ax.text(k, t, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if value < 0.5 else "black")
+            text, color = (f"{value:.2f}", "white" if value < 0.5 else "black") if measured[t, k] else ("–", "black")
+            ax.text(k, t, text, ha="center", va="center", fontsize=6, color=color)
     fig.colorbar(image, ax=ax, label="capability")
-    ax.set_title("teacher capability per class")
+    ax.set_title("teacher capability per class" + ("" if measured.all() else " (– = not measured)"))
     return _png(fig)
 
 

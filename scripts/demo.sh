@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole SAS chain on synthetic data, on the CPU, with tiny random models (a few minutes on 2 cores):
-# render + prepare -> extract (2 teachers) -> capability (SD + SAM pseudo masks) -> fuse -> superpoints -> evaluate,
-# as configured in configs/demo-pipeline.yaml. Outputs under out/demo/; prints the report and picture paths.
+# SAS on synthetic rooms, on the CPU (a few minutes on 2 cores): two simulated teachers of known skill show the
+# method's effect (teacher A, teacher B, direct add, capability fusion, superpoint averaging; configs/study.yaml), then
+# the whole chain runs with tiny random models (configs/demo-pipeline.yaml). Outputs under out/demo/; prints the rows,
+# the picture paths and out/demo/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0

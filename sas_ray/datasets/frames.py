@@ -51,8 +51,8 @@ def numbered_sequence_rows(tree: RawTree, scene_id: str, folder: str, intrinsics
     """Rows of an RGB-D sequence stored as {folder}/color/<n>{suffix}, {folder}/depth/<n>.png and
     {folder}/pose/<n>.txt (4x4 camera-to-world), one K in the file `intrinsics`, in frame-number order, keeping
     numbers divisible by `frame_skip` (so 20 on a raw every-frame export and 1 or 20 on OpenScene's every-20th
-    export give the same frames). Frames whose pose is not finite (lost tracking, '-inf') are left out: OpenScene's
-    projection maps them nowhere."""
+    export give the same frames). Frames whose pose is not finite (lost tracking, '-inf') stay in the index:
+    `extract` leaves them out and counts them in its summary (OpenScene's projection maps them nowhere)."""
     unit = f"scene {scene_id}"
     names = {n.rsplit(".", 1)[0]: n for n in tree.list(f"{folder}/color") if n.endswith(suffixes)}
     if not names:
@@ -72,7 +72,7 @@ def numbered_sequence_rows(tree: RawTree, scene_id: str, folder: str, intrinsics
     width, height = image_size(tree.read(first, unit), unit, tree.url(first))
     return [frame_row(scene_id, f, tree.url(folder, "color", names[f]), intrinsic, pose, width, height,
                       depth_uri=tree.url(folder, "depth", f"{f}.png"), depth_scale=depth_scale)
-            for f, pose in zip(frames, poses) if np.isfinite(pose).all()]
+            for f, pose in zip(frames, poses)]
 
 
 def _check_row(row: dict) -> str:
@@ -91,6 +91,11 @@ def _check_row(row: dict) -> str:
         raise InputError(f"{unit} ({row['color_uri']}): image size must be positive, "
                          f"got {row['width']}x{row['height']}")
     return unit
+
+
+def lost_pose_frames(rows: list[dict]) -> list[dict]:
+    """The rows whose camera pose is not finite (lost tracking: ScanNet writes '-inf'); no point projects into them."""
+    return [row for row in rows if not np.isfinite(row["pose"]).all()]
 
 
 def frame_index_table(rows: list[dict]) -> pa.Table:

@@ -56,8 +56,8 @@ def read_scene(root: str, split: str, scene_id: str, options: dict | None = None
 
 
 def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None, frame_skip: int = 1) -> list[dict]:
-    """Frame index rows of the scene (frames.numbered_sequence_rows: frame numbers divisible by `frame_skip`, lost
-    tracking left out). `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout
+    """Frame index rows of the scene (frames.numbered_sequence_rows: frame numbers divisible by `frame_skip`; lost
+    tracking stays in the index, extract leaves it out and counts it). `split` is unused (ScanNet's 2D folders are not split) and kept for the common layout
     signature."""
     check_id(scene_id, "scene id")
     return numbered_sequence_rows(RawTree(root, options), scene_id, f"scannet_2d/{scene_id}", _INTRINSICS,

@@ -7,7 +7,7 @@
     root/<scene>/color/<n>.jpg|png   colour frames; <n> = frame number (frame_skip keeps multiples of it)
     root/<scene>/depth/<n>.png       uint16 depth, same size as the colour frame, 0 = no reading
     root/<scene>/pose/<n>.txt        4x4 camera-to-world in the geometry's frame, OpenCV axes (x right, y down,
-                                     z forward), metres; non-finite poses (lost tracking) are left out
+                                     z forward), metres; non-finite poses (lost tracking): extract leaves them out
     root/<scene>/depth_scale.txt     optional: depth units per metre (default 1000, millimetres)
 
 Scenes are the folders that hold a scene.ply; `split` is unused. When a scene is prepared its frames are checked
@@ -70,8 +70,10 @@ def frame_rows(root: str, split: str, scene_id: str, options: dict | None = None
     scale = _depth_scale(tree, scene_id)
     rows = numbered_sequence_rows(tree, scene_id, scene_id, f"{scene_id}/intrinsics.txt", scale, frame_skip,
                                   _COLOR_SUFFIXES)
-    if rows:
-        checked = [read_frame(rows[i], options) for i in np.linspace(0, len(rows) - 1, _CHECKED_FRAMES).astype(int)]
+    tracked = [row for row in rows if np.isfinite(row["pose"]).all()]
+    if tracked:
+        checked = [read_frame(tracked[i], options)
+                   for i in np.linspace(0, len(tracked) - 1, _CHECKED_FRAMES).astype(int)]
         check_frames_match_geometry(read_scene(root, split, scene_id, options), checked, scale, tree.url(scene_id))
     return rows
 

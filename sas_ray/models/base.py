@@ -11,6 +11,7 @@ the unit text rows of a `TextEncoder` whose `text_space` equals the teacher's.
 from __future__ import annotations
 
 import abc
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -114,6 +115,21 @@ def build_text_encoder(name: str, weights: str | None = None, *, tiny: bool = Fa
     cls = _lookup(_TEXT_ENCODERS, name, "text encoder")
     check_weights_choice(f"text encoder {name!r}", weights, tiny)
     return cls(weights, tiny=tiny, device=device, storage_options=storage_options, **options)
+
+
+def check_build_options(kind: str, name: str, weights: str | None, tiny: bool, options: dict) -> None:
+    """The ConfigError `build_teacher` (kind "teacher") or `build_text_encoder` ("text encoder") would raise for
+    these arguments, found without building: an unknown name, weights and tiny both or neither, or an option the
+    model's constructor does not take."""
+    cls = _lookup(_TEACHERS if kind == "teacher" else _TEXT_ENCODERS, name, kind)
+    check_weights_choice(f"{kind} {name!r}", weights, tiny)
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters) - {"self"})
+    if unknown:
+        known = sorted(set(parameters) - {"self", "weights", "tiny", "device", "dtype", "storage_options"})
+        raise ConfigError(f"{kind} {name!r} has no option(s) {unknown}; its options: {known}")
 
 
 def _lookup(registry: dict, name: str, what: str):

@@ -100,7 +100,7 @@ def test_local_path_and_file_url(tmp_path):
         assert read_frame(row).depth.shape == (12, 16)
 
 
-def test_frame_skip_uses_frame_numbers_and_lost_tracking_is_dropped(root):
+def test_frame_skip_uses_frame_numbers_and_lost_tracking_is_kept_for_extract_to_count(root):
     frames = [make_frame("scene0004_00", str(f), f % 7 + 1) for f in (0, 20, 40, 60, 80)]
     scannet.write_scannet(root, "val", grid_scene("scene0004_00"), frames)
     with fsspec.open(f"{root}/scannet_2d/scene0004_00/pose/60.txt", "wb") as f:
@@ -108,8 +108,10 @@ def test_frame_skip_uses_frame_numbers_and_lost_tracking_is_dropped(root):
     def kept(frame_skip: int) -> list[str]:
         return [r["frame"] for r in scannet.frame_rows(root, "val", "scene0004_00", frame_skip=frame_skip)]
 
-    assert kept(1) == kept(20) == ["0", "20", "40", "80"]  # OpenScene's export already holds every 20th frame
+    assert kept(1) == kept(20) == ["0", "20", "40", "60", "80"]  # OpenScene's export already holds every 20th frame
     assert kept(40) == ["0", "40", "80"]
+    lost = scannet.frame_rows(root, "val", "scene0004_00")[3]
+    assert lost["frame"] == "60" and not np.isfinite(lost["pose"]).any()
 
 
 def test_intrinsic_is_global(root):

@@ -37,10 +37,11 @@ def _extract(prepared: str, output: str, options: dict | None = None, frames_per
     return cfg, report
 
 
-def _reference(prepared: Storage, scene_id: str, labelled_only: bool):
+def _reference(prepared: Storage, scene_id: str, labelled_only: bool, skip_frames: tuple[str, ...] = ()):
     info = read_info(prepared)
     preset = PRESETS[info["preset"]]
-    rows = [r for r in read_frame_index(prepared).to_pylist() if r["scene"] == scene_id]
+    rows = [r for r in read_frame_index(prepared).to_pylist()
+            if r["scene"] == scene_id and r["frame"] not in skip_frames]
     size = info.get("image_size")  # frames reach the teacher at the prepared size (SPEC §1.3), K rescaled (§2.3)
     frames = [resize_frame(read_frame(r, prepared.options), size and tuple(size), info["resize"]) for r in rows]
     teacher = build_teacher(TEACHER["name"], tiny=True, **TEACHER["options"])
@@ -87,15 +88,25 @@ def test_pipeline_on_s3_resume_and_chunks(ray_session, tmp_path, s3_bucket):
     assert features.exists(feature_file("scene0001_00"))
 
 
-def test_corrupt_frame_fails_only_its_scene(ray_session, tmp_path):
-    prepared = _prepare(str(tmp_path / "raw"), str(tmp_path / "prepared"), "scannet")
+def test_corrupt_frame_fails_only_its_scene_and_a_lost_pose_is_counted(ray_session, tmp_path):
+    _prepare(str(tmp_path / "raw"), str(tmp_path / "first"), "scannet")  # renders the raw rooms
     bad = tmp_path / "raw" / "scannet_2d" / "scene0001_00" / "color" / "2.jpg"
     bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
+    (tmp_path / "raw" / "scannet_2d" / "scene0000_00" / "pose" / "3.txt").write_text("nan nan nan nan\n" * 4)
+    prepared = _prepare(str(tmp_path / "raw"), str(tmp_path / "prepared"), "scannet")
     cfg, report = _extract(prepared, str(tmp_path / "out"))
     assert (report.done, report.failed) == (1, 1), report.summary()
     assert "scene0001_00" in report.errors[0] and "2.jpg" in report.errors[0]
     features = Storage(cfg.output).child("features", "openclip-dense")
     assert features.exists(feature_file("scene0000_00")) and not features.exists(feature_file("scene0001_00"))
+    # the lost pose: that frame is left out (the others fuse as without it) and the summary counts it
+    assert report.warnings == ["scene scene0000_00: 1 of 5 frames left out, their camera pose is not finite (lost "
+                               "tracking): frame 3"]
+    assert "  warning: scene scene0000_00: 1 of 5 frames left out" in report.summary()
+    ours = decode_features(features.read_tensors(feature_file("scene0000_00")), "scene0000_00")
+    ref = _reference(Storage(prepared), "scene0000_00", False, skip_frames=("3",))
+    assert torch.equal(ours.mask_full, ref.mask_full)
+    torch.testing.assert_close(ours.feat.float(), ref.feat.float(), atol=2e-3, rtol=1e-2)
 
 
 def test_chunk_split_matches_openscene_semantics(ray_session, tmp_path):
@@ -115,7 +126,7 @@ def test_chunk_split_matches_openscene_semantics(ray_session, tmp_path):
 
 
 def test_frame_groups_cover_every_frame_once():
-    rows = [{"scene": s, "frame": str(i)} for s in ("a", "b") for i in range(7)]
+    rows = [{"scene": s, "frame": str(i), "pose": np.eye(4).ravel().tolist()} for s in ("a", "b") for i in range(7)]
     groups = frame_groups(rows, ["a", "b", "c"], frames_per_task=3)
     assert [(g["scene"], g["group"], g["num_groups"]) for g in groups] == [
         ("a", 0, 3), ("a", 1, 3), ("a", 2, 3), ("b", 0, 3), ("b", 1, 3), ("b", 2, 3), ("c", 0, 1)]

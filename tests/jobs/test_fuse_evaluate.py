@@ -116,7 +116,8 @@ def test_evaluate_perfect_features_then_one_confused_class(prepared, tmp_path, t
     predicted = decode_ply(pictures.read_bytes("pred.ply"), "pred.ply").labels
     expected = np.where(masks[SCENES[0]].numpy(), np.where(labels[SCENES[0]] == 255, 0, labels[SCENES[0]]), 256)
     np.testing.assert_array_equal(predicted, expected)
-    assert pictures.read_bytes("query0-a-sofa.png").startswith(PNG_MAGIC)
+    assert pictures.read_bytes("birdseye.png").startswith(PNG_MAGIC)
+    assert any(name.startswith("view-") and name.endswith(".png") for name in pictures.list())
     assert not stage.child("scenes", SCENES[1]).exists("pred.ply")
 
     # Confuse one class in the first scene: its featured points lean to another present class (0.8 / 0.2 mix).
@@ -143,6 +144,16 @@ def test_evaluate_perfect_features_then_one_confused_class(prepared, tmp_path, t
                                     distilled="perfect3d", max_ply_scenes=0)
         assert all(iou[SCANNET_20[c]] == 1.0 for c in present), mode
         assert summary["miou"] == pytest.approx(len(present) / 20) and summary["macc"] == summary["miou"], mode
+
+    # A scene without features fails alone; the table lists it and says how many scenes its means cover.
+    _write_features(out, "half", SCENES[0], perfect[SCENES[0]], masks[SCENES[0]], text_encoder.text_space)
+    report = run_evaluate(parse_config({"prepared": prepared, "output": str(tmp_path / "out"), "features": "half",
+                                        "text_encoder": TINY_TEXT, "max_ply_scenes": 0, "progress": False},
+                                       EvaluateConfig))
+    assert (report.done, report.failed) == (1, 1) and report.outputs["mIoU"].endswith("(over 1 of 2 scenes (1 failed))")
+    table = out.child("evaluate", "half").read_bytes("per_class.md").decode()
+    assert "Over 1 of 2 scenes (1 failed)." in table
+    assert f"## Failed scenes (not in the numbers above)\n\n- {report.errors[0]}" in table and SCENES[1] in table
 
 
 # -- fuse ------------------------------------------------------------------------------------------------------------
@@ -251,8 +262,9 @@ def test_cli_chain_prepare_extract_fuse_evaluate(ray_session, tmp_path, capsys):
     for name in ("pred.ply", "gt.ply", "query0-a-sofa.ply", "query1-something-to-sit-on.ply"):
         data = (pictures / name).read_bytes()
         assert data.startswith(b"ply\n") and len(decode_ply(data, name).points) == points
-    for name in ("query0-a-sofa.png", "query1-something-to-sit-on.png"):
-        assert (pictures / name).read_bytes().startswith(PNG_MAGIC)
+    views = sorted(pictures.glob("view-*.png"))
+    assert 1 <= len(views) <= 2 and (pictures / "birdseye.png").read_bytes().startswith(PNG_MAGIC)
+    assert all(view.read_bytes().startswith(PNG_MAGIC) for view in views)
     assert not (results / "scenes" / SCENES[1]).exists()
 
     assert cli_main(["fuse", "--config", str(tmp_path / "fuse.yaml")]) == 0
