@@ -79,7 +79,7 @@ class DatasetConfig(Strict):
     # preset's (ScanNet 20: a raw every-frame export -> OpenScene's frames; a no-op on OpenScene's export), 1 for
     # synthetic data (rendered as an export that keeps every frame)
     image_size: tuple[int, int] | Literal["stored"] | None = None  # (H, W) later stages resize frames to (K
-    # rescaled, SPEC §2.3); default: the preset's (nuScenes 1600x900 -> 450x800), tiny synthetic data as stored
+    # rescaled, docs/method.md §2.3); default: the preset's (nuScenes 1600x900 -> 450x800), tiny synthetic data as stored
 
     @model_validator(mode="after")
     def _known_preset(self) -> DatasetConfig:

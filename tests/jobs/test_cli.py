@@ -212,7 +212,7 @@ def test_config_reference_covers_every_key_and_docs_are_current(capfd):
     assert cli_main(["config", "extract"]) == 0
     out = capfd.readouterr().out
     assert "teachers.N.batch_size  (int >= 1; default 8)\n    frames per model forward" in out
-    assert "image_size  ([int, int] or null; default null)" in out
+    assert "image_size  ([int, int] or one of: stored or null; default null)" in out
     assert cli_main(["config"]) == 0 and "distill" in capfd.readouterr().out
     assert cli_main(["config", "nonsense"]) == 2
     assert capfd.readouterr().err.startswith("error: unknown stage 'nonsense'; known: prepare, extract")
