@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements in docs/perf/, as run on the device machine (2 x H100), one part per call:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract   # carry .carry/base.tar.xz
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh mask      # base (+ alt.tar.xz: SAM 2, ...)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
@@ -18,12 +19,17 @@ step() { echo "== $*"; "$@" 2>&1 | grep -E '^\{|Error|error|Traceback' | tail -8
 one=(env CUDA_VISIBLE_DEVICES=0)
 case "${1:-}" in
   extract)
-    step "${one[@]}" timeout 190 python3 -m benchmarks.extract --device cuda --scenes 2 --frames 100 \
-      --out "$out/extract-h100.json"
+    step "${one[@]}" timeout 320 python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip \
+      --scenes 10 --frames 100 --out "$out/extract-sas-pair-h100.json"
     step "${one[@]}" timeout 180 python3 -m benchmarks.extract_multigpu --gpus 1 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
+    ;;
+  mask)  # the mask teacher: stock vs device paths vs alternatives (carry .carry/alt.tar.xz for the alternatives)
+    step "${one[@]}" timeout 270 python3 -m benchmarks.sam_clip --device cuda --dtype float16 --masks 100 \
+      --candidates 400 --frames 16 --stock-frames 1 --alt-frames 2 --variants device-fast,device-fast-pool \
+      --breakdown --out "$out/sam-clip-h100.jsonl"
     ;;
   extract4)
     for gpus in 0 0,1 0,1,2,3; do
@@ -68,7 +74,7 @@ case "${1:-}" in
       --out "$out/distill-elastic-h100.jsonl"
     ;;
   *)
-    echo "usage: gpu_suite.sh extract|models|distill|extract4|distill4|profile" >&2
+    echo "usage: gpu_suite.sh extract|mask|models|distill|extract4|distill4|profile" >&2
     exit 2
     ;;
 esac
