@@ -28,6 +28,7 @@ def no_ray(monkeypatch):
         raise AssertionError("Ray was started before the preflight refused the config")
 
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a fresh CLI process, whatever ran before
 
 
 @pytest.fixture

@@ -131,11 +131,13 @@ EXTRACT_FAULTS = {  # case -> (scene id, fault(raw, scene, frame, index row) for
     "truncated_png_depth": ("scene0202_00", _truncated_depth, False, r"{frame}.png is not a readable image"),
     "depth_wrong_size": ("scene0203_00", _depth_wrong_size, False, r"{frame}.png is 5x7 but .*{frame}.jpg is"),
     "missing_depth_file": ("scene0204_00", _missing_depth, False, r"depth/{frame}.png not found"),
-    "nan_pose": ("scene0205_00", _set_pose(np.nan), False, r"pose of .*{frame}.jpg contains NaN or inf"),
-    "inf_pose": ("scene0206_00", _set_pose(np.inf), False, r"pose of .*{frame}.jpg contains NaN or inf"),
     "singular_pose": ("scene0207_00", _set_pose(0.0), False, r"frame {frame}: pose rotation is singular"),
     "zero_focal": ("scene0208_00", _zero_focal, False, r"frame {frame}: intrinsic .*positive focal.*fx=0.0"),
     "no_visible_points": ("scene0209_00", _behind_cameras, True, r"no point is visible in any of its \d+ frames"),
+}
+LOST_POSES = {  # a pose that is not finite (lost tracking): the frame is left out, the scene fused and the count said
+    "nan_pose": ("scene0205_00", _set_pose(np.nan), False, ""),
+    "inf_pose": ("scene0206_00", _set_pose(np.inf), False, ""),
 }
 
 
@@ -181,7 +183,7 @@ class JobRuns:
         for sid, fault, _ in PREPARE_FAULTS.values():
             _copy_scene(raw, GOOD, sid)
             fault(raw, sid, self.marker)
-        for sid, *_ in EXTRACT_FAULTS.values():
+        for sid, *_ in (*EXTRACT_FAULTS.values(), *LOST_POSES.values()):
             _copy_scene(raw, GOOD, sid)
         shutil.copyfile(raw / PTH.format(GOOD), raw / PTH.format(RAW_TRAVERSAL))
         listed = sorted(p.name[:-len("_vh_clean_2.pth")] for p in (raw / "scannet_3d" / "val").iterdir())
@@ -189,7 +191,7 @@ class JobRuns:
 
         rows = read_frame_index(Storage(str(root / "prepared"))).to_pylist()
         self.frame = {}
-        for sid, fault, every_frame, _ in EXTRACT_FAULTS.values():
+        for sid, fault, every_frame, _ in (*EXTRACT_FAULTS.values(), *LOST_POSES.values()):
             mine = [r for r in rows if r["scene"] == sid]
             self.frame[sid] = mine[1]["frame"]  # a middle frame: the scene's other frames are fine
             for row in mine if every_frame else [mine[1]]:
@@ -225,7 +227,7 @@ def test_bad_raw_scene_fails_alone_in_prepare(runs, case):
     assert PTH.format(sid) in error and expected in error
     assert not (runs.root / "prepared" / "scenes" / f"{sid}.safetensors").exists()
     # the rest: the good and the extract-faulted scenes prepared, every failure accounted for
-    assert (runs.prepare.done, runs.prepare.skipped) == (len(EXTRACT_FAULTS), 2)
+    assert (runs.prepare.done, runs.prepare.skipped) == (len(EXTRACT_FAULTS) + len(LOST_POSES), 2)
     assert runs.prepare.failed == len(PREPARE_FAULTS) + 2  # + the two path-traversal ids
     _assert_rest_completed_and_earlier_kept(runs)
 
@@ -250,9 +252,18 @@ def test_bad_frame_fails_only_its_scene_in_extract(runs, case):
     if case != "no_visible_points":
         assert f"scannet_2d/{sid}/color/{runs.frame[sid]}.jpg" in error or f"{sid}/depth" in error, error
     assert not (runs.root / "out" / "features" / "openclip-dense" / feature_file(sid)).exists()
-    assert (runs.extract.done, runs.extract.skipped) == (1, 1), runs.extract.summary()
+    assert (runs.extract.done, runs.extract.skipped) == (1 + len(LOST_POSES), 1), runs.extract.summary()
     assert runs.extract.failed == len(EXTRACT_FAULTS) + 1  # + the config path-traversal id
     _assert_rest_completed_and_earlier_kept(runs)
+
+
+@pytest.mark.parametrize("case", sorted(LOST_POSES))
+def test_lost_pose_frame_is_left_out_and_counted(runs, case):
+    sid = LOST_POSES[case][0]
+    assert not any(sid in e for e in runs.extract.errors), runs.extract.summary()
+    assert (runs.root / "out" / "features" / "openclip-dense" / feature_file(sid)).exists()
+    mine = [w for w in runs.extract.warnings if sid in w]
+    assert len(mine) == 1 and "1 of 3 frames left out" in mine[0], runs.extract.summary()
 
 
 def test_features_with_mismatched_mask_full_fail_alone_in_fuse(ray_session, tmp_path):
