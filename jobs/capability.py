@@ -12,8 +12,9 @@ ground truth to compare the annotation-free estimate with.
 Resume: capability/manifest.parquet has a row per generation unit "<class>-<seed>" (its pseudo mask's hash) and per
 teacher unit "<teacher>-<class>-<seed>" ("<teacher>-<scene>-<frame>" for labels); the counts live in counts.parquet,
 written before the manifest. A unit is redone when its row is missing or failed, its file changed, or the recipe it
-was made with (models, steps, size, ...; the teacher and vocabulary) differs; a regenerated image is measured again
-by every teacher.
+was made with differs (sas_ray.lineage): for an image the steps, size, ... and the SD and SAM weights; for a
+measurement the teacher (and its weights), the vocabulary and the image's pseudo mask, so a regenerated image is
+measured again by every teacher.
 
 SAS's MCC code has quirks; what this job does about each:
 - Class "sofa" (with VOC's "train", "tvmonitor") uses only the 8x8 cross-attention maps, which in SD1.5 exist only in
@@ -30,9 +31,9 @@ SAS's MCC code has quirks; what this job does about each:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,9 @@ from sas_ray.capability import aggregate, capability_table, class_slug, decode_m
 from sas_ray.config import CapabilityConfig, TeacherSpec
 from sas_ray.errors import ConfigError, SasError, unit_message
 from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
-from sas_ray.storage import Manifest, Storage, UnitResult
+from sas_ray.lineage import Recipe, StageRecipe, content_digest, stage_recipe
+from sas_ray.manifest import Manifest, UnitResult, open_stage
+from sas_ray.storage import Storage, StoredObject
 
 CAPABILITY = "capability"  # stage folder of the diffusion source (what `fuse` reads)
 CAPABILITY_LABELS = "capability_labels"  # stage folder of the labels source
@@ -57,6 +60,9 @@ _COUNTS_SCHEMA = pa.schema([("unit", pa.string()), ("teacher", pa.string()), ("i
                             ("class_index", pa.list_(pa.int64())), ("intersection", pa.list_(pa.int64())),
                             ("union", pa.list_(pa.int64()))])
 _IMAGE_SUFFIXES = ("coarse", "pseudo")  # images/{class}/{seed}.{suffix}.png; teachers may not use these names
+MODEL_FIELDS = ("tiny", "options", "dtype")  # of a teacher, SD or SAM; + the name, and the weights' sha256
+GENERATION_FIELDS = ("steps", "guidance", "size", "border")
+VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -86,28 +92,28 @@ def measured_classes(cfg: CapabilityConfig, names: tuple[str, ...]) -> list[tupl
     return [(names.index(n), n) for n in (cfg.classes or [n for n in names if n != "other"])]
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+def teacher_recipe(spec: TeacherSpec, vocab: Vocabulary) -> StageRecipe:
+    """What a teacher unit's counts depend on besides its image and the teacher's weights: the model and the
+    vocabulary."""
+    return stage_recipe(VERSION, teacher=spec.model_dump(mode="json", include={"name", *MODEL_FIELDS}),
+                        vocabulary=list(vocab.names), text_space=vocab.text_space)
 
 
-def teacher_recipe(spec: TeacherSpec, vocab: Vocabulary) -> str:
-    """What a teacher unit's counts depend on besides its image: the model and the vocabulary."""
-    return _digest([spec.model_dump(mode="json", include={"name", "weights", "tiny", "options", "dtype"}),
-                    vocab.names, vocab.text_space])
-
-
-def generation_recipe(cfg: CapabilityConfig) -> str:
-    """What a generated image and its masks depend on besides (class, seed)."""
-    return _digest(cfg.model_dump(mode="json", include={"steps", "guidance", "size", "border", "diffusion", "sam"},
-                                  exclude={"diffusion": {"gpus", "pool", "batch_size"},
-                                           "sam": {"gpus", "pool", "batch_size"}}))
+def generation_recipe(cfg: CapabilityConfig) -> Recipe:
+    """What a generated image and its masks depend on besides (class, seed): the settings and both models."""
+    options = dict(cfg.storage.options)
+    config = stage_recipe(VERSION, cfg, GENERATION_FIELDS,
+                          diffusion=cfg.diffusion.model_dump(mode="json", include=set(MODEL_FIELDS)),
+                          sam=cfg.sam.model_dump(mode="json", include=set(MODEL_FIELDS)))
+    return config.unit({"diffusion": content_digest(cfg.diffusion.weights, options),
+                        "sam": content_digest(cfg.sam.weights, options)})
 
 
 class CountsLedger:
     """Counts of finished teacher units, {stage}/counts.parquet, one row per unit (lists over the image's classes).
 
     Written before the manifest, so a manifest row never claims counts that are not stored; a teacher unit is done
-    iff both have it and its manifest row was made by the same recipe."""
+    iff both have it and its manifest row was made by the same recipe (`_CapabilityRun.pending`)."""
 
     def __init__(self, stage: Storage, manifest: Manifest, flush_every_s: float = 10.0):
         self.stage, self.manifest, self.flush_every_s = stage, manifest, flush_every_s
@@ -116,11 +122,7 @@ class CountsLedger:
             self.rows = {row["unit"]: row for row in stage.read_table(COUNTS).to_pylist()}
         self._last_flush = time.monotonic()
 
-    def is_done(self, unit: str, recipe: str) -> bool:
-        row = self.manifest.rows.get(unit)
-        return unit in self.rows and row is not None and row.config_hash == recipe and self.manifest.is_done(unit)
-
-    def record(self, unit: str, teacher: str, image: str, result: dict, recipe: str) -> UnitResult:
+    def record(self, unit: str, teacher: str, image: str, result: dict, recipe: Recipe) -> UnitResult:
         if result["error"]:
             self.rows.pop(unit, None)
             message = result["error"] if image in result["error"] else f"{image}: {result['error']}"
@@ -128,7 +130,7 @@ class CountsLedger:
         else:
             self.rows[unit] = {"unit": unit, "teacher": teacher, "image": image,
                                **{k: result[k] for k in ("class_index", "intersection", "union")}}
-            outcome = UnitResult.ok(unit, "", "", 0, result["seconds"], recipe)
+            outcome = UnitResult.ok(unit, "", None, result["seconds"], recipe)
         self.manifest.record(outcome)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
@@ -147,20 +149,30 @@ class _CapabilityRun:
     stage_name = CAPABILITY
     actor_name = ""  # class name in actors.capability
 
-    def __init__(self, cfg: CapabilityConfig, vocab: Vocabulary):
-        for spec in cfg.teachers:
-            if spec.folder in _IMAGE_SUFFIXES:
-                raise ConfigError(f"teacher output name {spec.folder!r} is reserved; set output_name")
+    def __init__(self, cfg: CapabilityConfig, vocab: Vocabulary, manifest: Manifest):
         self.cfg, self.vocab = cfg, vocab
         self.options = dict(cfg.storage.options)
-        self.stage = Storage(cfg.output, self.options).child(self.stage_name)
-        self.manifest = Manifest(self.stage)
+        self.stage = manifest.stage
+        self.manifest = manifest
         self.ledger = CountsLedger(self.stage, self.manifest)
         self.recipes = {spec.folder: teacher_recipe(spec, vocab) for spec in cfg.teachers}
+        self.weights = {spec.folder: content_digest(spec.weights, self.options) for spec in cfg.teachers}
         self.report = StageReport(self.stage_name)
 
-    def pending_teachers(self, image_unit: str) -> list[str]:
-        return [t for t in self.recipes if not self.ledger.is_done(f"{t}-{image_unit}", self.recipes[t])]
+    def measurement_recipe(self, folder: str, image_unit: str) -> Recipe:
+        """A teacher unit's recipe: the teacher, its weights, and the image's pseudo mask (its generation row)."""
+        image = self.manifest.rows.get(image_unit)
+        return self.recipes[folder].unit({"weights": self.weights[folder],
+                                          "pseudo_mask": image.sha256 if image is not None else ""})
+
+    def pending(self, image_units: list[str]) -> dict[str, list[str]]:
+        """image unit -> the teachers that still have to measure it (one plan over all teacher units); the
+        reasons go to the report."""
+        recipes = {f"{t}-{u}": self.measurement_recipe(t, u) for u in image_units for t in self.recipes}
+        plan = self.manifest.plan(recipes, verify=self.cfg.storage.verify)
+        todo = set(plan.todo) | {unit for unit in recipes if unit not in self.ledger.rows}
+        self.report.ran_because(plan.reasons + Counter({"counts missing": len(todo) - len(plan.todo)}))
+        return {u: [t for t in self.recipes if f"{t}-{u}" in todo] for u in image_units}
 
     def measure(self, rows: ray.data.Dataset, extra_kwargs: dict, inputs: list[str]) -> ray.data.Dataset:
         """Every teacher's actor pool over `rows`; teacher k writes column `teacher_{k}`. The `inputs` columns
@@ -193,7 +205,7 @@ class _CapabilityRun:
     def record(self, folder: str, row: dict, result: dict) -> None:
         """One teacher unit's result: counts + manifest row, report."""
         self.report.count(self.ledger.record(f"{folder}-{row['unit']}", folder, row["image_id"], result,
-                                             self.recipes[folder]))
+                                             self.measurement_recipe(folder, row["unit"])))
 
     def on_row(self, row: dict) -> None:
         """Bookkeeping of one finished row besides its teachers' results: an input that could not be read fails
@@ -227,29 +239,25 @@ class _DiffusionRun(_CapabilityRun):
 
     actor_name = "PseudoMaskCountsActor"
 
-    def __init__(self, cfg: CapabilityConfig, vocab: Vocabulary):
-        super().__init__(cfg, vocab)
+    def __init__(self, cfg: CapabilityConfig, vocab: Vocabulary, manifest: Manifest):
+        super().__init__(cfg, vocab, manifest)
         self.generation = generation_recipe(cfg)
-        self.fresh, self.stored, self.image_ids = [], [], set()
-        teacher_units = 0
+        items = {}
         for k, name in measured_classes(cfg, vocab.names):
             for seed in range(cfg.images_per_class):
-                unit = f"{class_slug(name)}-{seed}"
-                self.image_ids.add(f"{class_slug(name)}/{seed}")
-                item = {"class_index": k, "class_name": name, "seed": seed, "unit": unit,
-                        "image_id": f"{class_slug(name)}/{seed}"}
-                if not self.generated(unit, name, seed):
-                    self.fresh.append({**item, "pending": json.dumps(list(self.recipes))})
-                    teacher_units += len(self.recipes)
-                elif pending := self.pending_teachers(unit):
-                    self.stored.append({**item, "pending": json.dumps(pending)})
-                    teacher_units += len(pending)
+                unit, image_id = f"{class_slug(name)}-{seed}", f"{class_slug(name)}/{seed}"
+                items[unit] = {"class_index": k, "class_name": name, "seed": seed, "unit": unit, "image_id": image_id}
+        self.image_ids = {item["image_id"] for item in items.values()}
+        plan = self.manifest.plan({u: self.generation for u in items}, verify=cfg.storage.verify)
+        images = self.stage.listing("images")
+        stored = [u for u in items if u not in plan.todo and f"{items[u]['image_id']}.png" in images]
+        fresh = [u for u in items if u not in stored]
+        self.report.ran_because(Counter({f"image {why}": n * len(self.recipes) for why, n in plan.reasons.items()}))
+        pending = self.pending(stored)
+        self.fresh = [{**items[u], "pending": json.dumps(list(self.recipes))} for u in fresh]
+        self.stored = [{**items[u], "pending": json.dumps(pending[u])} for u in stored if pending[u]]
+        teacher_units = len(fresh) * len(self.recipes) + sum(len(t) for t in pending.values())
         self.report.skipped = len(self.image_ids) * len(self.recipes) - teacher_units
-
-    def generated(self, unit: str, name: str, seed: int) -> bool:
-        row = self.manifest.rows.get(unit)
-        return (row is not None and row.config_hash == self.generation and self.manifest.is_done(unit)
-                and self.stage.exists(f"images/{class_slug(name)}/{seed}.png"))
 
     def run(self, start: float) -> StageReport:
         cfg = self.cfg
@@ -288,11 +296,11 @@ class _DiffusionRun(_CapabilityRun):
             super().on_row(row)
             return
         if row["error"]:  # the image is generated again next run, and measured then
-            result = UnitResult.failed(row["unit"], row["error"], config_hash=self.generation)
+            result = UnitResult.failed(row["unit"], row["error"], recipe=self.generation)
             self.report.count(result)
         else:
-            result = UnitResult.ok(row["unit"], row["pseudo_path"], row["pseudo_sha256"], int(row["bytes"]), 0.0,
-                                   self.generation)
+            pseudo = StoredObject(row["pseudo_sha256"], int(row["pseudo_size"]), row["pseudo_version"])
+            result = UnitResult.ok(row["unit"], row["pseudo_path"], pseudo, 0.0, self.generation)
         self.manifest.record(result)
 
 
@@ -307,11 +315,12 @@ def store_generated(row: dict, stage: str, storage_options: dict) -> dict:
                  encode_png(np.asarray(row["mask"], dtype=bool))]
         store.write_bytes(f"{base}.png", blobs[0])
         store.write_bytes(f"{base}.coarse.png", blobs[1])
-        sha = store.write_bytes(f"{base}.pseudo.png", blobs[2])
-        out.update(generated=True, error="", pseudo_path=f"{base}.pseudo.png", pseudo_sha256=sha,
-                   bytes=sum(len(b) for b in blobs))
+        pseudo = store.put(f"{base}.pseudo.png", blobs[2])
+        out.update(generated=True, error="", pseudo_path=f"{base}.pseudo.png", pseudo_sha256=pseudo.sha256,
+                   pseudo_size=pseudo.size, pseudo_version=pseudo.version)
     except (SasError, OSError) as err:
-        out.update(generated=True, error=f"{row['unit']}: {err}", pseudo_path="", pseudo_sha256="", bytes=0)
+        out.update(generated=True, error=f"{row['unit']}: {err}", pseudo_path="", pseudo_sha256="", pseudo_size=0,
+                   pseudo_version="")
     return out
 
 
@@ -336,26 +345,22 @@ class _LabelsRun(_CapabilityRun):
     stage_name = CAPABILITY_LABELS
     actor_name = "LabelCountsActor"
 
-    def __init__(self, cfg: CapabilityConfig, vocab: Vocabulary):
+    def __init__(self, cfg: CapabilityConfig, vocab: Vocabulary, manifest: Manifest):
         from sas_ray.prepared import read_frame_index, read_info
 
-        super().__init__(cfg, vocab)
+        super().__init__(cfg, vocab, manifest)
         prepared = Storage(cfg.prepared, self.options)
         layout = read_info(prepared)["layout"]
         if layout != "scannet":
             raise ConfigError(f"source 'labels' reads ScanNet label images; {cfg.prepared} has layout {layout!r}")
         scenes = set(cfg.scenes) if cfg.scenes else None
-        self.items, self.image_ids, teacher_units = [], set(), 0
-        for row in read_frame_index(prepared).to_pylist():
-            if scenes is not None and row["scene"] not in scenes:
-                continue
-            unit = f"{row['scene']}-{row['frame']}"
-            self.image_ids.add(f"{row['scene']}/{row['frame']}")
-            if pending := self.pending_teachers(unit):
-                self.items.append({"unit": unit, "image_id": f"{row['scene']}/{row['frame']}",
-                                   "color_uri": row["color_uri"], "pending": json.dumps(pending)})
-                teacher_units += len(pending)
-        self.report.skipped = len(self.image_ids) * len(self.recipes) - teacher_units
+        frames = {f"{r['scene']}-{r['frame']}": r for r in read_frame_index(prepared).to_pylist()
+                  if scenes is None or r["scene"] in scenes}
+        self.image_ids = {f"{r['scene']}/{r['frame']}" for r in frames.values()}
+        pending = self.pending(list(frames))
+        self.items = [{"unit": unit, "image_id": f"{r['scene']}/{r['frame']}", "color_uri": r["color_uri"],
+                       "pending": json.dumps(pending[unit])} for unit, r in frames.items() if pending[unit]]
+        self.report.skipped = len(self.image_ids) * len(self.recipes) - sum(len(t) for t in pending.values())
 
     def run(self, start: float) -> StageReport:
         with progress_bar(len(self.items), "capability (labels)", "image", not self.cfg.progress) as bar:
@@ -401,10 +406,14 @@ def _items(items: list[dict]) -> ray.data.Dataset:
 
 def run_capability(cfg: CapabilityConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
-    ensure_ray(address)
-    vocab = vocabulary(cfg)
-    run = _DiffusionRun(cfg, vocab) if cfg.source == "diffusion" else _LabelsRun(cfg, vocab)
-    return run.run(start)
+    for spec in cfg.teachers:
+        if spec.folder in _IMAGE_SUFFIXES:
+            raise ConfigError(f"teacher output name {spec.folder!r} is reserved; set output_name")
+    kind = _DiffusionRun if cfg.source == "diffusion" else _LabelsRun
+    stage = Storage(cfg.output, dict(cfg.storage.options)).child(kind.stage_name)
+    with open_stage(stage, wait=cfg.storage.wait) as manifest:
+        ensure_ray(address)
+        return kind(cfg, vocabulary(cfg), manifest).run(start)
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:

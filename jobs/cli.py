@@ -34,19 +34,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("jobs.reference:add_config_command", "every key of a stage's config: type, default, meaning"),
 }
 
-EPILOG = """Every stage is resumable: rerunning the same command skips units whose manifest row is ok and whose
-output hash still matches. Outputs go to the config's `output` URL (a local path, s3://bucket/prefix, memory://).
-Before Ray starts, the config is checked (resources, storage, inputs, sizes); Ray's and the libraries' logs go to
-{output}/logs/ (-v shows them). Ray: joins $RAY_ADDRESS if set, else starts a local Ray bound to 127.0.0.1.
-Config keys: `sas-ray config STAGE` and docs/config.md; the method and its constants: docs/method.md."""
+EPILOG = """Every stage is resumable: rerunning the same command skips units whose manifest row is ok, whose recipe
+(the config fields that shape the output, the algorithm's version, the hashes of its inputs and weights) is
+unchanged, and whose output is still as written; the summary says why the others ran. One run writes a stage output
+at a time (a lease in its folder; --wait waits for another run). Outputs go to the config's `output` URL (a local
+path, s3://bucket/prefix, memory://). Before Ray starts, the config is checked (resources, storage, inputs, sizes);
+Ray's and the libraries' logs go to {output}/logs/ (-v shows them). Ray: joins $RAY_ADDRESS if set, else starts a
+local Ray bound to 127.0.0.1. Config keys: `sas-ray config STAGE` and docs/config.md; the method and its constants:
+docs/method.md."""
+PIPELINES = {"run", "demo"}  # configs whose top-level keys are stages: --verify/--wait apply to each
 
 
 def _set_key(data: dict, assignment: str) -> None:
     """Apply one `--set key.path=value` to the YAML mapping: dotted keys, list indices (`teachers.0.batch_size=2`)
-    and YAML values; mistakes are the --set's own errors."""
+    and YAML values; mistakes are the --set's own errors. A leading `*.` applies it under every top-level section
+    (each stage of a pipeline config)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. --set teachers.0.batch_size=2")
+    if key.startswith("*."):
+        for section in data.values():
+            if isinstance(section, dict):
+                _set_key(section, f"{key[2:]}={raw}")
+        return
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
@@ -175,6 +185,12 @@ def begin(cfg):
     return cfg
 
 
+def _storage_flags(args: argparse.Namespace) -> list[str]:
+    """--verify / --wait as config overrides (storage.verify, storage.wait; every stage's in a pipeline)."""
+    prefix = "*." if args.stage in PIPELINES else ""
+    return [f"{prefix}storage.{flag}=true" for flag in ("verify", "wait") if getattr(args, flag)]
+
+
 def _resolve(target: str) -> Callable:
     module, func = target.split(":")
     return getattr(__import__(module, fromlist=[func]), func)
@@ -200,6 +216,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true",
                        help="show Ray's and the libraries' logs here instead of in {output}/logs/")
         p.add_argument("--yes", action="store_true", help="run even when the size estimate exceeds this machine")
+        p.add_argument("--verify", action="store_true",
+                       help="re-hash every finished output before skipping it (reads them all; default: trust the "
+                            "manifest's hash when a listing shows the object unchanged)")
+        p.add_argument("--wait", action="store_true",
+                       help="if another run is writing a stage output, wait for it instead of stopping")
     for name, (target, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
@@ -222,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             target, _ = STAGES[args.stage]
             source = args.output if args.stage in NO_CONFIG else args.config
             _INVOCATION = Invocation(args.stage, args.address, args.verbose, args.yes, stack)
-            report = _resolve(target)(source, args.set, args.address)
+            report = _resolve(target)(source, args.set + _storage_flags(args), args.address)
             print(report.summary(), file=TERMINAL.out)
             return 1 if report.failed else 0
         except SasError as err:

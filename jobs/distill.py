@@ -10,7 +10,10 @@ Stage 1 (superpoint distillation) then stage 2 (EMA self-distillation), each one
   workers), voxelizes and augments them in `prefetch` loader threads, as many batches ahead of the GPU.
 - Stage 2 keeps the EMA history per scene under {output}/distill/history/; a scene is written only by its owner.
 The final model of each stage is exported to {output}/distill/{stage}/model.safetensors (`sas-ray predict` reads
-it), and its loss curve to {output}/distill/{stage}/losses.json.
+it), and its loss curve to {output}/distill/{stage}/losses.json. {output}/distill/manifest.parquet has a row per
+stage with its recipe (the training settings; the sha256 of every scene, superpoint and feature file, of the text
+encoder and, for stage 2, of the stage-1 model): a finished stage with the same recipe is skipped; one whose recipe
+changed is trained from scratch (its old checkpoints and history are removed); an unfinished one resumes.
 """
 
 from __future__ import annotations
@@ -28,13 +31,20 @@ import torch
 
 from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
-from jobs.superpoints import read_superpoints
+from jobs.superpoints import SUPERPOINTS, read_superpoints
 from sas_ray.config import PRESETS, DistillConfig
 from sas_ray.errors import ConfigError, InputError, SasError
-from sas_ray.storage import Storage, absolute_root
+from sas_ray.features import FEATURES
+from sas_ray.lineage import Recipe, content_digest, stage_recipe
+from sas_ray.manifest import Manifest, UnitResult, open_stage, output_digests
+from sas_ray.prepared import SCENES
+from sas_ray.storage import Storage, StoredObject, absolute_root
 
 DISTILL = "distill"
 STAGES = ("stage1", "stage2")
+RECIPE_FIELDS = ("loop", "batch_size", "base_lr", "lr_reference_batch", "lr_x10_quirk", "supervision_limit",
+                 "mixed_precision", "seed")  # not resources (workers, GPUs, backend, prefetch) nor checkpointing
+VERSION = 1
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
@@ -141,8 +151,9 @@ def following_steps(steps, desc: str, show: bool) -> Iterator[None]:
             ray.kill(steps)
 
 
-def export_stage(cfg: DistillConfig, stage: str, result) -> dict:
-    """Copy the final checkpoint's model and loss curve to {output}/distill/{stage}/; returns its progress."""
+def export_stage(cfg: DistillConfig, stage: str, result) -> tuple[dict, StoredObject]:
+    """Copy the final checkpoint's model and loss curve to {output}/distill/{stage}/; returns its progress and the
+    model object written."""
     if result.checkpoint is None:
         raise SasError(f"distill {stage}: the run ended without a checkpoint ({result.error})")
     out = Storage(cfg.output, dict(cfg.storage.options)).child(DISTILL, stage)
@@ -150,34 +161,78 @@ def export_stage(cfg: DistillConfig, stage: str, result) -> dict:
         from sas_ray.distill.checkpoint import MODEL_FILE, STATE_FILE
 
         with open(os.path.join(folder, MODEL_FILE), "rb") as f:
-            out.write_bytes(MODEL_FILE, f.read())
+            model = out.put(MODEL_FILE, f.read())
         progress = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     out.write_json("losses.json", {"stage": stage, "steps": [s for s, _ in progress["losses"]],
                                    "loss": [v for _, v in progress["losses"]],
                                    "resumed_at": progress.get("resumed_at", [])})
-    return progress
+    return progress, model
+
+
+def stage_recipe_of(cfg: DistillConfig, stage: str, inputs: dict, manifest: Manifest) -> Recipe:
+    """What a stage's model depends on: the training settings of the stage, and the sha256 of every scene,
+    superpoint and feature file it trains on (their manifest rows), of the text encoder and of stage 1's model."""
+    options = dict(cfg.storage.options)
+    extra = {}
+    if stage == "stage2":
+        extra = {"ema_momentum": cfg.ema_momentum, "label_set": cfg.label_set,
+                 "text_encoder": cfg.text_encoder.model_dump(mode="json", include={"name", "tiny", "options"})}
+    config = stage_recipe(VERSION, cfg, RECIPE_FIELDS, stage=stage, length=getattr(cfg, stage).model_dump(mode="json"),
+                          voxel_size=inputs["voxel_size"], **extra)
+    read = {"scene": output_digests(Storage(cfg.prepared, options).child(SCENES)),
+            "superpoints": output_digests(Storage(cfg.superpoints or cfg.output, options).child(SUPERPOINTS)),
+            "features": output_digests(Storage(cfg.output, options).child(FEATURES, cfg.features))}
+    digests = {f"{kind}/{s}": rows.get(s, "") for s in inputs["scenes"] for kind, rows in read.items()}
+    if stage == "stage2":
+        digests["text_encoder"] = content_digest(cfg.text_encoder.weights, options)
+        digests["stage1"] = manifest.rows["stage1"].sha256 if "stage1" in manifest.rows else ""
+    return config.unit(digests)
+
+
+def discard_stage(out: Storage, stage: str) -> None:
+    """Remove a stage's training run made by another recipe (checkpoints; stage 2's EMA history), so the stage
+    starts from scratch instead of resuming it."""
+    out.delete_tree(f"{DISTILL}/train/{stage}")
+    if stage == "stage2":
+        out.delete_tree(f"{DISTILL}/history")
 
 
 def run_distill(cfg: DistillConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
     roots = {key: absolute_root(getattr(cfg, key)) for key in ("prepared", "output", "superpoints") if getattr(cfg, key)}
     cfg = cfg.model_copy(update=roots)
-    ensure_ray(address)
-    inputs = training_inputs(cfg)
+    out = Storage(cfg.output, dict(cfg.storage.options))
     report = StageReport(DISTILL)
-    for stage in STAGES:
-        if not getattr(cfg, stage).epochs:
-            continue
-        result = run_stage(cfg, stage, inputs)
-        if result.error is not None:
-            raise SasError(f"distill {stage} failed: {result.error}")
-        progress = export_stage(cfg, stage, result)
-        report.outputs[f"{stage} steps"] = str(progress["step"])
-        report.outputs[f"{stage} model"] = Storage(cfg.output, dict(cfg.storage.options)).url(DISTILL, stage)
-        if not progress["finished"]:
-            report.outputs["stopped early"] = f"{stage} at step {progress['step']}; rerun to continue"
-            break
-        report.done += 1
+    with open_stage(out.child(DISTILL), wait=cfg.storage.wait) as manifest:
+        ensure_ray(address)
+        inputs = training_inputs(cfg)
+        for stage in STAGES:
+            if not getattr(cfg, stage).epochs:
+                continue
+            recipe = stage_recipe_of(cfg, stage, inputs, manifest)
+            plan = manifest.plan({stage: recipe}, verify=cfg.storage.verify)
+            report.planned(plan)
+            report.outputs[f"{stage} model"] = out.url(DISTILL, stage)
+            if not plan.todo:
+                continue
+            earlier = manifest.rows.get(stage)
+            if earlier is not None and earlier.recipe and earlier.recipe != recipe.digest:
+                discard_stage(out, stage)
+            stage_start = time.perf_counter()
+            result = run_stage(cfg, stage, inputs)
+            if result.error is not None:
+                raise SasError(f"distill {stage} failed: {result.error}")
+            progress, model = export_stage(cfg, stage, result)
+            report.outputs[f"{stage} steps"] = str(progress["step"])
+            seconds = time.perf_counter() - stage_start
+            if not progress["finished"]:
+                manifest.record(UnitResult.failed(stage, f"{stage} stopped at step {progress['step']}; rerun to "
+                                                         "continue", seconds, recipe))
+                report.outputs["stopped early"] = f"{stage} at step {progress['step']}; rerun to continue"
+                break
+            manifest.record(UnitResult.ok(stage, f"{stage}/model.safetensors", model, seconds, recipe))
+            manifest.flush()
+            report.done += 1
     report.seconds = time.perf_counter() - start
     return report
 

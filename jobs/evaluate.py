@@ -30,6 +30,7 @@ from sas_ray.evaluate import (NO_FEATURE, ConfusionMatrix, ensemble_features, pr
 from sas_ray.features import read_full_features
 from sas_ray.labels import (LABEL_SETS, NUSCENES_43, NUSCENES_43_TO_16, OPENSCENE_OTHER_INDEX, prompts,
                             vocabulary_mismatch)
+from sas_ray.lease import StageLease
 from sas_ray.prepared import read_info, read_scene
 from sas_ray.scene import IGNORE_LABEL
 from sas_ray.storage import Storage
@@ -216,34 +217,37 @@ def write_results(stage: Storage, cfg: EvaluateConfig, label_set: str, inputs: E
 
 def run_evaluate(cfg: EvaluateConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
-    ensure_ray(address)
     options = dict(cfg.storage.options)
-    info = read_info(Storage(cfg.prepared, options))
-    label_set = cfg.label_set or PRESETS[info["preset"]].label_set
-    if problem := vocabulary_mismatch(PRESETS[info["preset"]].label_set, label_set):
-        raise ConfigError(problem)
-    inputs = evaluation_inputs(cfg, label_set)
-    scene_ids = cfg.scenes or info["scenes"]
     stage = Storage(cfg.output, options).child(EVALUATE, cfg.folder)
-    shared = ray.put(inputs)
-    units = [(s, (cfg.model_dump(), s, shared, i < cfg.max_ply_scenes)) for i, s in enumerate(scene_ids)]
-    order = {s: i for i, s in enumerate(scene_ids)}
-    results = sorted(_scene_results(units, cfg.progress), key=lambda r: order[r["scene"]])
-    report = StageReport(f"evaluate[{cfg.mode}]")
-    confusion = ConfusionMatrix(inputs.class_names)
-    for result in results:
-        if result["error"]:
-            report.failed += 1
-            report.errors.append(result["error"])
-        else:
-            report.done += 1
-            confusion = confusion.merge(ConfusionMatrix(inputs.class_names, result["counts"]))
-    if report.done:
-        table = write_results(stage, cfg, label_set, inputs, confusion, results)
-        over = f" (over {scene_coverage(results)})"
-        report.outputs.update({"results": stage.url(), "mIoU": f"{100 * confusion.mean_iou():.1f}{over}",
-                               "mAcc": f"{100 * confusion.mean_accuracy():.1f}{over}",
-                               "per class": "\n" + table.rstrip()})
+    with StageLease(stage, wait=cfg.storage.wait):  # one writer; no manifest: every run re-scores every scene
+        stage.sweep_temporaries()
+        ensure_ray(address)
+        info = read_info(Storage(cfg.prepared, options))
+        label_set = cfg.label_set or PRESETS[info["preset"]].label_set
+        if problem := vocabulary_mismatch(PRESETS[info["preset"]].label_set, label_set):
+            raise ConfigError(problem)
+        inputs = evaluation_inputs(cfg, label_set)
+        scene_ids = cfg.scenes or info["scenes"]
+        shared = ray.put(inputs)
+        units = [(s, (cfg.model_dump(), s, shared, i < cfg.max_ply_scenes)) for i, s in enumerate(scene_ids)]
+        order = {s: i for i, s in enumerate(scene_ids)}
+        results = sorted(_scene_results(units, cfg.progress), key=lambda r: order[r["scene"]])
+        report = StageReport(f"evaluate[{cfg.mode}]")
+        report.ran_because({"evaluate re-scores every scene (no manifest)": len(scene_ids)})
+        confusion = ConfusionMatrix(inputs.class_names)
+        for result in results:
+            if result["error"]:
+                report.failed += 1
+                report.errors.append(result["error"])
+            else:
+                report.done += 1
+                confusion = confusion.merge(ConfusionMatrix(inputs.class_names, result["counts"]))
+        if report.done:
+            table = write_results(stage, cfg, label_set, inputs, confusion, results)
+            over = f" (over {scene_coverage(results)})"
+            report.outputs.update({"results": stage.url(), "mIoU": f"{100 * confusion.mean_iou():.1f}{over}",
+                                   "mAcc": f"{100 * confusion.mean_accuracy():.1f}{over}",
+                                   "per class": "\n" + table.rstrip()})
     report.seconds = time.perf_counter() - start
     return report
 

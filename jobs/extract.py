@@ -3,12 +3,14 @@
 Streaming on Ray Data, one pipeline per teacher, all running at once:
   frame groups of a scene -> CPU decode tasks (RGB, depth, K, pose) -> the teacher's actor pool (model, projection,
   depth test and sampling on its GPU) -> sparse partial sums -> merged per scene on the driver -> atomic write of
-  {output}/features/{teacher}/{scene}.safetensors + a manifest row. Scenes already done (manifest ok, hash
-  matches) are skipped; a bad frame fails only its scene, with an error naming the file.
+  {output}/features/{teacher}/{scene}.safetensors + a manifest row. Scenes already done (row ok, same recipe: the
+  teacher, its weights, the visibility constants, the prepared scene) are skipped; a bad frame fails only its scene,
+  with an error naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -28,9 +30,14 @@ from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
 from sas_ray.ids import check_id
-from sas_ray.prepared import read_frame_index, read_info
+from sas_ray.lineage import Recipe, content_digest, stage_recipe
+from sas_ray.manifest import Manifest, UnitResult, open_stage, output_digests
+from sas_ray.prepared import SCENES, read_frame_index, read_info
 from sas_ray.scene import PointFeatures
-from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
+from sas_ray.storage import Storage
+
+TEACHER_FIELDS = ("name", "tiny", "options", "dtype")  # + the weights' sha256; not resources (gpus, pool, batch)
+VERSION = 1
 
 
 def lost_pose_warnings(index_rows: list[dict], scene_ids: list[str]) -> list[str]:
@@ -149,13 +156,11 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 class _TeacherRun:
     """One teacher's pipeline, merger, writer and manifest."""
 
-    def __init__(self, cfg: ExtractConfig, spec: TeacherSpec, out: Storage, info: dict, index_rows: list[dict],
-                 scene_ids: list[str]):
+    def __init__(self, cfg: ExtractConfig, spec: TeacherSpec, manifest: Manifest, info: dict, index_rows: list[dict],
+                 scene_ids: list[str], scene_digests: dict[str, str]):
         self.cfg, self.spec = cfg, spec
-        self.stage = out.child(FEATURES, spec.folder)
-        self.manifest = Manifest(self.stage)
-        self.todo = self.manifest.pending(scene_ids)
-        self.skipped = len(scene_ids) - len(self.todo)
+        self.manifest = manifest
+        self.stage = manifest.stage
         preset = PRESETS[info["preset"]]
         size = cfg.image_size or info.get("image_size")
         self.image_size = None if size in (None, "stored") else tuple(size)
@@ -163,12 +168,27 @@ class _TeacherRun:
         self.visibility = {"cut_bound": cfg.cut_bound if cfg.cut_bound is not None else preset.cut_bound,
                            "vis_thres": cfg.vis_thres if cfg.vis_thres is not None else preset.vis_thres}
         self.labelled_only = cfg.labelled_only if cfg.labelled_only is not None else not preset.has_depth
+        self.recipes = self.unit_recipes(scene_ids, scene_digests)
+        plan = manifest.plan(self.recipes, verify=cfg.storage.verify)
+        self.todo = plan.todo
         self.groups = frame_groups(index_rows, self.todo, cfg.frames_per_task)
         self.merger = SceneMerger({g["scene"]: g["num_groups"] for g in self.groups})
         self.frames = sum(len(json.loads(g["frames"])) for g in self.groups)
         self.progress: tqdm | None = None  # the stage's bar, shared by the teachers
-        self.report = StageReport(f"extract[{spec.folder}]", skipped=self.skipped,
-                                  warnings=lost_pose_warnings(index_rows, self.todo))
+        self.report = StageReport(f"extract[{spec.folder}]", warnings=lost_pose_warnings(index_rows, self.todo))
+        self.report.planned(plan)
+
+    def unit_recipes(self, scene_ids: list[str], scene_digests: dict[str, str]) -> dict[str, Recipe]:
+        """What each scene's features depend on: the teacher (model and weights), the resolved visibility
+        constants and frame size, the stored form; and the prepared scene (points, frame rows, poses)."""
+        cfg = self.cfg
+        chunks = cfg.model_dump(include={"num_chunks", "n_split_points", "seed"}) if cfg.split == "chunks" else None
+        config = stage_recipe(VERSION, cfg, ("split", "export_openscene"), chunks=chunks,
+                              teacher=self.spec.model_dump(mode="json", include=set(TEACHER_FIELDS)),
+                              labelled_only=self.labelled_only, image_size=self.image_size, resize=self.resize,
+                              **self.visibility)
+        weights = content_digest(self.spec.weights, dict(cfg.storage.options))
+        return {s: config.unit({"scene": scene_digests.get(s, ""), "weights": weights}) for s in scene_ids}
 
     def dataset(self) -> ray.data.Dataset:
         spec = self.spec
@@ -189,19 +209,18 @@ class _TeacherRun:
 
     def write(self, scene_id: str, state: _PendingScene) -> UnitResult:
         start = time.perf_counter()
+        recipe = self.recipes[scene_id]
         if state.error:
-            return UnitResult.failed(scene_id, state.error, state.seconds)
+            return UnitResult.failed(scene_id, state.error, state.seconds, recipe)
         features = SceneMerger.features(state)
         if not features.mask_full.any():
             return UnitResult.failed(scene_id, f"scene {scene_id}: no point is visible in any of its "
-                                               f"{state.frames} frames", state.seconds)
+                                               f"{state.frames} frames", state.seconds, recipe)
         stored = features if self.cfg.split == "full" else random_chunks(
             features, self.cfg.num_chunks, self.cfg.n_split_points, self.cfg.seed)
         metadata = {"teacher": self.spec.name, "text_space": state.text_space, "dim": str(features.dim),
                     "frames": str(state.frames),
                     "split": self.cfg.split, **{k: str(v) for k, v in self.visibility.items()}}
-        tensors = encode_features(stored)
-        digest = self.stage.write_tensors(feature_file(scene_id), tensors, metadata)
         if self.cfg.export_openscene:
             from sas_ray.datasets.openscene import write_fused_features
 
@@ -209,8 +228,9 @@ class _TeacherRun:
             for k, chunk in enumerate(chunks):
                 write_fused_features(self.stage.url("openscene", f"{scene_id}_{k}.pt"), chunk,
                                      dict(self.cfg.storage.options))
-        return UnitResult.ok(scene_id, feature_file(scene_id), digest, tensor_bytes(tensors),
-                             state.seconds + time.perf_counter() - start)
+        written = self.stage.put_tensors(feature_file(scene_id), encode_features(stored), metadata)  # last: a
+        return UnitResult.ok(scene_id, feature_file(scene_id), written,  # scene whose file exists has its export
+                             state.seconds + time.perf_counter() - start, recipe)
 
     def run(self) -> StageReport:
         start = time.perf_counter()
@@ -250,16 +270,22 @@ def _actor_class():
 
 
 def run_extract(cfg: ExtractConfig, address: str | None = None) -> list[StageReport]:
-    ensure_ray(address)
     options = dict(cfg.storage.options)
-    prepared = Storage(cfg.prepared, options)
-    info = read_info(prepared)
-    index_rows = read_frame_index(prepared).to_pylist()
-    scene_ids = cfg.scenes or sorted({r["scene"] for r in index_rows})
     out = Storage(cfg.output, options)
-    runs = [_TeacherRun(cfg, spec, out, info, index_rows, scene_ids) for spec in cfg.teachers]
-    teachers = f"{len(runs)} teachers" if len(runs) > 1 else cfg.teachers[0].folder
-    with progress_bar(sum(r.frames for r in runs), f"extract ({teachers})", "frame", not cfg.progress) as bar:
+    with contextlib.ExitStack() as held:  # every teacher's folder, before any work starts
+        manifests = [held.enter_context(open_stage(out.child(FEATURES, spec.folder), wait=cfg.storage.wait))
+                     for spec in cfg.teachers]
+        ensure_ray(address)
+        prepared = Storage(cfg.prepared, options)
+        info = read_info(prepared)
+        index_rows = read_frame_index(prepared).to_pylist()
+        scene_ids = cfg.scenes or sorted({r["scene"] for r in index_rows})
+        scene_digests = output_digests(prepared.child(SCENES))
+        runs = [_TeacherRun(cfg, spec, manifest, info, index_rows, scene_ids, scene_digests)
+                for spec, manifest in zip(cfg.teachers, manifests)]
+        teachers = f"{len(runs)} teachers" if len(runs) > 1 else cfg.teachers[0].folder
+        bar = held.enter_context(progress_bar(sum(r.frames for r in runs), f"extract ({teachers})", "frame",
+                                              not cfg.progress))
         for r in runs:
             r.progress = bar
         if len(runs) == 1:
@@ -283,5 +309,6 @@ def main(config: str, overrides: list[str], address: str | None) -> StageReport:
         combined.failed += r.failed
         combined.errors += r.errors
         combined.warnings += [w for w in r.warnings if w not in combined.warnings]  # each teacher saw the same
+        combined.reran.update({f"{why} ({r.stage})": n for why, n in r.reran.items()})
         combined.outputs.update({r.stage: r.outputs.get("features", "")})
     return combined

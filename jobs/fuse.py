@@ -5,12 +5,12 @@ One Ray task per scene reads features/{teacher}/{scene}.safetensors of every tea
 same points (mask_full) in one text space (each file's "text_space" metadata, and the text encoder's), fuses, and
 writes features/{fused_name}/{scene}.safetensors + a manifest row. The vocabulary embeddings and capability vectors
 are computed once on the driver and shared by the tasks. A rerun skips scenes whose output is intact and was made by
-the same recipe (teachers, method, weights, vocabulary, capability table); a bad scene fails alone.
+the same recipe (method, weights, vocabulary, text encoder; the teachers' feature files of the scene and the
+capability table); a bad scene fails alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,8 +25,13 @@ from sas_ray.config import FuseConfig
 from sas_ray.errors import ConfigError, InputError
 from sas_ray.features import FEATURES, encode_features, feature_file, read_full_features
 from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
+from sas_ray.lineage import Recipe, StageRecipe, content_digest, stage_recipe
+from sas_ray.manifest import UnitResult, open_stage, output_digests
 from sas_ray.scene import PointFeatures
-from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
+from sas_ray.storage import Storage, StoredObject
+
+RECIPE_FIELDS = ("teachers", "method", "linear_weights", "label_set", "other_index", "temperature")
+VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ class FusionRecipe:
     linear_weights: dict[str, float] | None  # teacher -> weight (method linear)
     other_index: int | None
     temperature: float
-    digest: str  # recorded in the manifest: a scene fused by another recipe is fused again
+    config: StageRecipe  # what every scene's manifest recipe shares
+    shared_inputs: dict[str, str]  # the inputs every scene reads: text encoder weights, capability table
 
 
 def fusion_recipe(cfg: FuseConfig, out: Storage) -> FusionRecipe:
@@ -56,19 +62,31 @@ def fusion_recipe(cfg: FuseConfig, out: Storage) -> FusionRecipe:
                                      storage_options=dict(cfg.storage.options), **spec.options)
         text = encoder.encode(prompts(vocabulary, OPENSCENE_OTHER_INDEX.get(cfg.label_set)))
         text_space = encoder.text_space
-    capabilities, table_sha = None, ""
+    shared = {}
+    capabilities = None
     if cfg.method == "capability":
         capabilities = read_capabilities(out, cfg.teachers, len(vocabulary), vocabulary)
-        table_sha = out.sha256(CAPABILITY_FILE)
+        shared["capability"] = out.sha256(CAPABILITY_FILE)
     weights = None
     if cfg.method == "linear":
         values = cfg.linear_weights or [1.0 / len(cfg.teachers)] * len(cfg.teachers)
         weights = dict(zip(cfg.teachers, values))
-    recipe_fields = cfg.model_dump(mode="json", include={"teachers", "method", "linear_weights", "label_set",
-                                                         "other_index", "temperature", "text_encoder"})
-    digest = hashlib.sha256(json.dumps([recipe_fields, table_sha], sort_keys=True).encode()).hexdigest()[:16]
+    encoder = None
+    if cfg.text_encoder is not None:
+        encoder = cfg.text_encoder.model_dump(mode="json", include={"name", "tiny", "options"})
+        shared["text_encoder"] = content_digest(cfg.text_encoder.weights, dict(cfg.storage.options))
+    config = stage_recipe(VERSION, cfg, RECIPE_FIELDS, text_encoder=encoder)
     return FusionRecipe(tuple(cfg.teachers), cfg.method, text_space, text, capabilities, weights, cfg.other_index,
-                        cfg.temperature, digest)
+                        cfg.temperature, config, shared)
+
+
+def scene_recipes(out: Storage, recipe: FusionRecipe, scene_ids: list[str]) -> dict[str, Recipe]:
+    """Each scene's recipe: the fusion's config and shared inputs, and the scene's feature file of every teacher
+    (their manifest rows' sha256)."""
+    teachers = {name: output_digests(out.child(FEATURES, name)) for name in recipe.teachers}
+    return {s: recipe.config.unit({**recipe.shared_inputs, **{f"features/{name}": rows.get(s, "")
+                                                              for name, rows in teachers.items()}})
+            for s in scene_ids}
 
 
 def check_text_spaces(scene_id: str, spaces: dict[str, str], expected: str | None) -> str:
@@ -103,18 +121,17 @@ def fuse_scene(out: Storage, scene_id: str, recipe: FusionRecipe) -> tuple[Point
     return fused, text_space
 
 
-def _fuse_task(output: str, storage_options: dict, fused_name: str, scene_id: str,
-               recipe: FusionRecipe) -> UnitResult:
-    def work() -> tuple[str, str, int]:
+def _fuse_task(output: str, storage_options: dict, fused_name: str, scene_id: str, recipe: FusionRecipe,
+               unit_recipe: Recipe) -> UnitResult:
+    def work() -> tuple[str, StoredObject]:
         out = Storage(output, storage_options)
         fused, text_space = fuse_scene(out, scene_id, recipe)
-        tensors = encode_features(fused)
         metadata = {"teacher": fused_name, "teachers": json.dumps(list(recipe.teachers)), "method": recipe.method,
-                    "text_space": text_space, "dim": str(fused.dim), "split": "full", "recipe": recipe.digest}
+                    "text_space": text_space, "dim": str(fused.dim), "split": "full"}
         name = feature_file(scene_id)
-        return name, out.child(FEATURES, fused_name).write_tensors(name, tensors, metadata), tensor_bytes(tensors)
+        return name, out.child(FEATURES, fused_name).put_tensors(name, encode_features(fused), metadata)
 
-    return scene_unit(scene_id, recipe.digest, work)
+    return scene_unit(scene_id, unit_recipe, work)
 
 
 def scenes_with_features(out: Storage, teachers: list[str]) -> list[str]:
@@ -132,18 +149,19 @@ def scenes_with_features(out: Storage, teachers: list[str]) -> list[str]:
 
 def run_fuse(cfg: FuseConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
-    ensure_ray(address)
     options = dict(cfg.storage.options)
     out = Storage(cfg.output, options)
-    recipe = fusion_recipe(cfg, out)
-    scene_ids = cfg.scenes or scenes_with_features(out, cfg.teachers)
     stage = out.child(FEATURES, cfg.fused_name)
-    manifest = Manifest(stage)
-    todo = [s for s in scene_ids if not (manifest.is_done(s) and manifest.rows[s].config_hash == recipe.digest)]
-    report = StageReport(f"fuse[{cfg.method}]", skipped=len(scene_ids) - len(todo))
-    shared = ray.put(recipe)  # one copy of the vocabulary and capabilities for every task
-    units = [(s, (cfg.output, options, cfg.fused_name, s, shared)) for s in todo]
-    run_unit_tasks(_fuse_task, units, manifest, report, f"fuse {cfg.fused_name}", cfg.progress)
+    with open_stage(stage, wait=cfg.storage.wait) as manifest:
+        ensure_ray(address)
+        recipe = fusion_recipe(cfg, out)
+        scene_ids = cfg.scenes or scenes_with_features(out, cfg.teachers)
+        recipes = scene_recipes(out, recipe, scene_ids)
+        plan = manifest.plan(recipes, verify=cfg.storage.verify)
+        report = StageReport(f"fuse[{cfg.method}]").planned(plan)
+        shared = ray.put(recipe)  # one copy of the vocabulary and capabilities for every task
+        units = [(s, (cfg.output, options, cfg.fused_name, s, shared, recipes[s])) for s in plan.todo]
+        run_unit_tasks(_fuse_task, units, manifest, report, f"fuse {cfg.fused_name}", cfg.progress)
     report.seconds = time.perf_counter() - start
     report.outputs["features"] = stage.url()
     return report

@@ -14,14 +14,20 @@ import numpy as np
 import torch
 
 from jobs.runtime import StageReport, ensure_ray, run_unit_tasks, scene_unit
-from sas_ray.config import PRESETS, PredictConfig, config_hash
+from sas_ray.config import PRESETS, PredictConfig
 from sas_ray.errors import ConfigError
 from sas_ray.features import FEATURES, encode_features, feature_file
-from sas_ray.storage import Manifest, Storage, UnitResult
+from sas_ray.lineage import Recipe, content_digest, stage_recipe
+from sas_ray.manifest import UnitResult, open_stage, output_digests
+from sas_ray.prepared import SCENES
+from sas_ray.storage import Storage, StoredObject
+
+RECIPE_FIELDS = ("repeats", "seed")  # + the resolved voxel size and text space; inputs: the model, the scene
+VERSION = 1
 
 
 def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, text_space: str, voxel_size: float,
-                  cfg_hash: str) -> UnitResult:
+                  recipe: Recipe) -> UnitResult:
     from jobs.distill import load_sample
     from sas_ray.config import DistillConfig
     from sas_ray.distill.backends import get_backend
@@ -32,7 +38,7 @@ def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, te
     cfg = PredictConfig.model_validate(cfg)
     options = dict(cfg.storage.options)
 
-    def work() -> tuple[str, str, int]:
+    def work() -> tuple[str, StoredObject]:
         device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
         model = MinkUNet18A(3, out_channels)
         model.load_state_dict(weights)
@@ -45,11 +51,10 @@ def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, te
         features = PointFeatures(feat.half().cpu(), torch.ones(feat.shape[0], dtype=torch.bool))
         stage = Storage(cfg.output, options).child(FEATURES, cfg.name)
         name = feature_file(scene_id)
-        digest = stage.write_tensors(name, encode_features(features),
-                                     {"teacher": cfg.name, "text_space": text_space, "dim": str(out_channels)})
-        return name, digest, feat.numel() * 2
+        return name, stage.put_tensors(name, encode_features(features),
+                                       {"teacher": cfg.name, "text_space": text_space, "dim": str(out_channels)})
 
-    return scene_unit(scene_id, cfg_hash, work)
+    return scene_unit(scene_id, recipe, work)
 
 
 def run_predict(cfg: PredictConfig, address: str | None = None) -> StageReport:
@@ -59,31 +64,37 @@ def run_predict(cfg: PredictConfig, address: str | None = None) -> StageReport:
     from sas_ray.prepared import read_info
 
     start = time.perf_counter()
-    ensure_ray(address)
     options = dict(cfg.storage.options)
-    if cfg.checkpoint:
-        folder, _, name = cfg.checkpoint.rpartition("/")
-        model, metadata = read_model(Storage(folder or ".", options), name)
-    else:
-        distill = Storage(cfg.output, options).child("distill")
-        stage = next((s for s in ("stage2", "stage1") if distill.exists(f"{s}/model.safetensors")), None)
-        if stage is None:
-            raise ConfigError(f"{distill.url()}: no distilled model; run `sas-ray distill` or set checkpoint")
-        model, metadata = read_model(distill.child(stage), "model.safetensors")
-    text_space = cfg.text_space or metadata.get("text_space")
-    if not text_space:
-        raise ConfigError("the checkpoint records no text space (an OpenScene file?): set text_space")
-    info = read_info(Storage(cfg.prepared, options))
-    voxel_size = cfg.voxel_size or float(metadata.get("voxel_size") or PRESETS[info["preset"]].voxel_size)
-    scene_ids = cfg.scenes or info["scenes"]
     stage = Storage(cfg.output, options).child(FEATURES, cfg.name)
-    manifest = Manifest(stage)
-    todo = manifest.pending(scene_ids)
-    report = StageReport("predict", skipped=len(scene_ids) - len(todo))
-    weights = ray.put(model.state_dict())
-    cfg_hash = config_hash(cfg)
-    units = [(s, (cfg.model_dump(), s, weights, model.out_channels, text_space, voxel_size, cfg_hash)) for s in todo]
-    run_unit_tasks(_predict_task, units, manifest, report, "predict", cfg.progress, num_gpus=1 if cfg.use_gpu else 0)
+    with open_stage(stage, wait=cfg.storage.wait) as manifest:
+        ensure_ray(address)
+        if cfg.checkpoint:
+            folder, _, name = cfg.checkpoint.rpartition("/")
+            source = Storage(folder or ".", options)
+        else:
+            distill = Storage(cfg.output, options).child("distill")
+            found = next((s for s in ("stage2", "stage1") if distill.exists(f"{s}/model.safetensors")), None)
+            if found is None:
+                raise ConfigError(f"{distill.url()}: no distilled model; run `sas-ray distill` or set checkpoint")
+            source, name = distill.child(found), "model.safetensors"
+        model, metadata = read_model(source, name)
+        text_space = cfg.text_space or metadata.get("text_space")
+        if not text_space:
+            raise ConfigError("the checkpoint records no text space (an OpenScene file?): set text_space")
+        prepared = Storage(cfg.prepared, options)
+        info = read_info(prepared)
+        voxel_size = cfg.voxel_size or float(metadata.get("voxel_size") or PRESETS[info["preset"]].voxel_size)
+        scene_ids = cfg.scenes or info["scenes"]
+        config = stage_recipe(VERSION, cfg, RECIPE_FIELDS, voxel_size=voxel_size, text_space=text_space)
+        model_sha, scenes = content_digest(source.url(name), options), output_digests(prepared.child(SCENES))
+        recipes = {s: config.unit({"model": model_sha, "scene": scenes.get(s, "")}) for s in scene_ids}
+        plan = manifest.plan(recipes, verify=cfg.storage.verify)
+        report = StageReport("predict").planned(plan)
+        weights = ray.put(model.state_dict())
+        units = [(s, (cfg.model_dump(), s, weights, model.out_channels, text_space, voxel_size, recipes[s]))
+                 for s in plan.todo]
+        run_unit_tasks(_predict_task, units, manifest, report, "predict", cfg.progress,
+                       num_gpus=1 if cfg.use_gpu else 0)
     report.seconds = time.perf_counter() - start
     report.outputs["features"] = stage.url()
     return report

@@ -277,16 +277,16 @@ def writable(url: str, options: dict) -> str | None:
         return None if os.access(path, os.W_OK) else f"{url} cannot be written: {path} is not writable"
     if scheme == "memory":
         return None
-    import fsspec
+    from sas_ray.storage import filesystem, retrying
 
     bucket = rest.split("/")[0]
     probe = f"{url.rstrip('/')}/.sas-ray-preflight-{uuid.uuid4().hex}"
     try:
-        fs, path = fsspec.core.url_to_fs(probe, **options)
-        fs.pipe_file(path, b"")
-        fs.rm_file(path)
+        fs, path = filesystem(probe, options)
+        retrying(f"writing {probe}", lambda: fs.pipe_file(path, b""))
+        retrying(f"deleting {probe}", lambda: fs.rm_file(path))
     except Exception as err:  # noqa: BLE001  (each storage client has its own error types)
-        return _storage_error(url, bucket, err)
+        return _storage_error(url, bucket, err.__cause__ or err)  # the client's error behind sas-ray's
     return None
 
 
@@ -382,13 +382,13 @@ def prepared_info(prepared: str, options: dict) -> dict:
 
 
 def _exists(url: str, options: dict) -> bool:
-    import fsspec
+    from sas_ray.storage import filesystem, retrying
 
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
-        return fs.exists(path)
+        fs, path = filesystem(url, options)
+        return retrying(f"checking {url}", lambda: fs.exists(path))
     except Exception as err:  # noqa: BLE001  (credentials, bucket: the storage check says which)
-        raise ConfigError(_storage_error(url, _location(url).split("://")[-1], err)) from None
+        raise ConfigError(_storage_error(url, _location(url).split("://")[-1], err.__cause__ or err)) from None
 
 
 # -- sizes ------------------------------------------------------------------------------------------------------------

@@ -12,25 +12,31 @@ import ray
 
 from jobs.console import progress_bar
 from jobs.runtime import UNIT_ERRORS, StageReport, ensure_ray, run_unit_tasks, scene_unit
-from sas_ray.config import DatasetConfig, PrepareConfig, config_hash
+from sas_ray.config import DatasetConfig, PrepareConfig
 from sas_ray.datasets import layout_module
 from sas_ray.datasets.frames import frame_index_table
+from sas_ray.lineage import Recipe, stage_recipe
+from sas_ray.manifest import UnitResult, open_stage
 from sas_ray.prepared import FRAMES, INFO, SCENES, encode_scene, frame_rows_of, scene_file
-from sas_ray.storage import Manifest, Storage, UnitResult, tensor_bytes
+from sas_ray.storage import Storage, StoredObject, absolute_root
+
+# A raw dataset is read as immutable: its files are named by the dataset's root (in the recipe), not hashed.
+RECIPE_FIELDS = ("layout", "split", "synthetic")
+VERSION = 1
 
 
-def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, cfg_hash: str) -> UnitResult:
+def _prepare_scene(dataset: dict, scene_id: str, output: str, options: dict, recipe: Recipe) -> UnitResult:
     dataset = DatasetConfig.model_validate(dataset)
     layout = layout_module(dataset.layout)
 
-    def work() -> tuple[str, str, int]:
+    def work() -> tuple[str, StoredObject]:
         scene = layout.read_scene(dataset.root, dataset.split, scene_id, options)
         rows = layout.frame_rows(dataset.root, dataset.split, scene_id, options, dataset.effective_frame_skip)
         tensors, metadata = encode_scene(scene, rows)
-        digest = Storage(output, options).child(SCENES).write_tensors(scene_file(scene_id), tensors, metadata)
-        return scene_file(scene_id), digest, tensor_bytes(tensors)
+        return scene_file(scene_id), Storage(output, options).child(SCENES).put_tensors(scene_file(scene_id),
+                                                                                        tensors, metadata)
 
-    return scene_unit(scene_id, cfg_hash, work, errors=(*UNIT_ERRORS, KeyError))
+    return scene_unit(scene_id, recipe, work, errors=(*UNIT_ERRORS, KeyError))
 
 
 def _generate_synthetic(dataset: DatasetConfig, options: dict, progress: bool) -> None:
@@ -67,30 +73,33 @@ def _write_synthetic_task(dataset: dict, scene_id: str, options: dict) -> None:
 
 def run_prepare(cfg: PrepareConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
-    ensure_ray(address)
     options = dict(cfg.storage.options)
     dataset = cfg.dataset
-    if dataset.synthetic is not None:
-        _generate_synthetic(dataset, options, cfg.progress)
-    layout = layout_module(dataset.layout)
-    scene_ids = dataset.scenes or layout.list_scenes(dataset.root, dataset.split, options)
     out = Storage(cfg.output, options)
-    manifest = Manifest(out.child(SCENES))
-    todo = manifest.pending(scene_ids)
-    report = StageReport("prepare", skipped=len(scene_ids) - len(todo))
-    cfg_hash = config_hash(dataset)
-    units = [(s, (dataset.model_dump(), s, cfg.output, options, cfg_hash)) for s in todo]
-    run_unit_tasks(_prepare_scene, units, manifest, report, "prepare", cfg.progress)
     scenes = out.child(SCENES)
-    ready = [s for s in scene_ids if manifest.rows.get(s) and manifest.rows[s].status == "ok"]
-    rows = [row for s in ready for row in frame_rows_of(out, s)]
-    out.write_table(FRAMES, frame_index_table(rows))
-    size = dataset.effective_image_size
-    out.write_json(INFO, {"layout": dataset.layout, "preset": dataset.preset_name, "split": dataset.split,
-                          "scenes": ready, "image_size": None if size is None else list(size),
-                          "resize": dataset.constants.resize, "frame_skip": dataset.effective_frame_skip})
+    with open_stage(scenes, wait=cfg.storage.wait) as manifest:
+        ensure_ray(address)
+        if dataset.synthetic is not None:
+            _generate_synthetic(dataset, options, cfg.progress)
+        layout = layout_module(dataset.layout)
+        scene_ids = dataset.scenes or layout.list_scenes(dataset.root, dataset.split, options)
+        recipe = stage_recipe(VERSION, dataset, RECIPE_FIELDS, root=absolute_root(dataset.root),
+                              preset=dataset.preset_name, frame_skip=dataset.effective_frame_skip).unit()
+        plan = manifest.plan({s: recipe for s in scene_ids}, verify=cfg.storage.verify)
+        report = StageReport("prepare").planned(plan)
+        units = [(s, (dataset.model_dump(), s, cfg.output, options, recipe)) for s in plan.todo]
+        run_unit_tasks(_prepare_scene, units, manifest, report, "prepare", cfg.progress)
+        ready = [s for s in scene_ids if manifest.rows.get(s) and manifest.rows[s].status == "ok"]
+        size = dataset.effective_image_size
+        info = {"layout": dataset.layout, "preset": dataset.preset_name, "split": dataset.split, "scenes": ready,
+                "image_size": None if size is None else list(size), "resize": dataset.constants.resize,
+                "frame_skip": dataset.effective_frame_skip}
+        if plan.todo or not out.exists(FRAMES) or not out.exists(INFO) or out.read_json(INFO) != info:
+            out.write_table(FRAMES, frame_index_table([row for s in ready for row in frame_rows_of(out, s)]))
+            out.write_json(INFO, info)  # written last: a dataset.json that matches means the index is current
+        frames = out.read_table(FRAMES).num_rows
     report.seconds = time.perf_counter() - start
-    report.outputs.update({"scenes": scenes.url(), "frame index": out.url(FRAMES), "frames": str(len(rows))})
+    report.outputs.update({"scenes": scenes.url(), "frame index": out.url(FRAMES), "frames": str(frames)})
     return report
 
 

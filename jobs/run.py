@@ -82,9 +82,10 @@ def evaluation_pictures(cfg: EvaluateConfig) -> tuple[Storage, list[str]]:
 def write_report(cfg: PipelineConfig, result: PipelineResult, source: str, preface: list[str] = ()) -> None:
     """{cfg.output}/report.md: `preface`, each stage's summary, then links to the evaluation's table and pictures."""
     root = Storage(cfg.output, dict(cfg.stages()[-1][1].storage.options))  # the report sits beside that output
-    lines = [f"# sas-ray run: {source}", "", *preface, "| stage | done | skipped | failed | seconds |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r.stage} | {r.done} | {r.skipped} | {r.failed} | {r.seconds:.1f} |" for r in result.reports]
+    lines = [f"# sas-ray run: {source}", "", *preface, "| stage | done | skipped | failed | seconds | ran because |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.stage} | {r.done} | {r.skipped} | {r.failed} | {r.seconds:.1f} | {r.why().replace('|', '/')} |"
+              for r in result.reports]
     if result.stopped:
         lines += ["", f"**Stopped:** {result.stopped}"]
     for r in result.reports:

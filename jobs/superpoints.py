@@ -11,12 +11,16 @@ import time
 import torch
 
 from jobs.runtime import StageReport, ensure_ray, run_unit_tasks, scene_unit
-from sas_ray.config import SuperpointsConfig, config_hash
+from sas_ray.config import SuperpointsConfig
 from sas_ray.errors import SasError
-from sas_ray.prepared import read_info, read_scene
-from sas_ray.storage import Manifest, Storage, UnitResult
+from sas_ray.lineage import Recipe, stage_recipe
+from sas_ray.manifest import UnitResult, open_stage, output_digests
+from sas_ray.prepared import SCENES, read_info, read_scene
+from sas_ray.storage import Storage, StoredObject
 
 SUPERPOINTS = "superpoints"
+RECIPE_FIELDS = ("mode", "k_thresh", "min_verts", "knn")  # inputs: the prepared scene
+VERSION = 1
 
 
 def superpoint_ids(scene, cfg: SuperpointsConfig):
@@ -31,32 +35,34 @@ def superpoint_ids(scene, cfg: SuperpointsConfig):
     return segment_points(scene.points, k=cfg.knn, k_thresh=cfg.k_thresh, min_verts=cfg.min_verts)
 
 
-def _superpoints_task(cfg: dict, scene_id: str, cfg_hash: str) -> UnitResult:
+def _superpoints_task(cfg: dict, scene_id: str, recipe: Recipe) -> UnitResult:
     cfg = SuperpointsConfig.model_validate(cfg)
     options = dict(cfg.storage.options)
 
-    def work() -> tuple[str, str, int]:
+    def work() -> tuple[str, StoredObject]:
         ids = superpoint_ids(read_scene(Storage(cfg.prepared, options), scene_id), cfg)
         name = f"{scene_id}.safetensors"
-        digest = Storage(cfg.output, options).child(SUPERPOINTS).write_tensors(
+        return name, Storage(cfg.output, options).child(SUPERPOINTS).put_tensors(
             name, {"superpoint_ids": torch.from_numpy(ids)}, {"scene": scene_id, "count": str(int(ids.max()) + 1)})
-        return name, digest, ids.nbytes
 
-    return scene_unit(scene_id, cfg_hash, work)
+    return scene_unit(scene_id, recipe, work)
 
 
 def run_superpoints(cfg: SuperpointsConfig, address: str | None = None) -> StageReport:
     start = time.perf_counter()
-    ensure_ray(address)
     options = dict(cfg.storage.options)
-    scene_ids = cfg.scenes or read_info(Storage(cfg.prepared, options))["scenes"]
+    prepared = Storage(cfg.prepared, options)
     stage = Storage(cfg.output, options).child(SUPERPOINTS)
-    manifest = Manifest(stage)
-    todo = manifest.pending(scene_ids)
-    report = StageReport("superpoints", skipped=len(scene_ids) - len(todo))
-    cfg_hash = config_hash(cfg)
-    units = [(s, (cfg.model_dump(), s, cfg_hash)) for s in todo]
-    run_unit_tasks(_superpoints_task, units, manifest, report, "superpoints", cfg.progress)
+    with open_stage(stage, wait=cfg.storage.wait) as manifest:
+        ensure_ray(address)
+        scene_ids = cfg.scenes or read_info(prepared)["scenes"]
+        scenes = output_digests(prepared.child(SCENES))
+        config = stage_recipe(VERSION, cfg, RECIPE_FIELDS)
+        recipes = {s: config.unit({"scene": scenes.get(s, "")}) for s in scene_ids}
+        plan = manifest.plan(recipes, verify=cfg.storage.verify)
+        report = StageReport("superpoints").planned(plan)
+        units = [(s, (cfg.model_dump(), s, recipes[s])) for s in plan.todo]
+        run_unit_tasks(_superpoints_task, units, manifest, report, "superpoints", cfg.progress)
     report.seconds = time.perf_counter() - start
     report.outputs["superpoints"] = stage.url()
     return report

@@ -6,8 +6,6 @@ Unknown keys and wrong types are errors that name the file and the key path. Def
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal, TypeVar
 
 import yaml
@@ -121,6 +119,8 @@ class StorageConfig(Strict):
     """fsspec options passed to every filesystem (e.g. S3 endpoint_url, key, secret)."""
 
     options: dict = Field(default_factory=dict)  # passed to fsspec.filesystem(); {} = the environment's credentials
+    verify: bool = False  # re-hash every finished output instead of trusting its listing (CLI --verify)
+    wait: bool = False  # another run writes a stage output: wait for it instead of stopping (CLI --wait)
 
 
 class PrepareConfig(Strict):
@@ -506,8 +506,3 @@ def load_config(path: str, model: type[ConfigT], storage_options: dict | None = 
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_config(data if data is not None else {}, model, source=path)
 
-
-def config_hash(config: BaseModel) -> str:
-    """Stable short hash of a config, recorded in manifests so a changed config is visible."""
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

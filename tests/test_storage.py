@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from sas_ray.errors import InputError
-from sas_ray.storage import Manifest, Storage, UnitResult, sha256_bytes
+from sas_ray.lineage import stage_recipe
+from sas_ray.manifest import Manifest, UnitResult, open_stage
+from sas_ray.storage import Storage, sha256_bytes
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -87,7 +89,8 @@ def test_a_stage_restart_sweeps_stale_temporaries_only(tmp_path):
     outside.write_bytes(b"partial")
     os.utime(outside, (hours_ago, hours_ago))
 
-    Manifest(stage)
+    with open_stage(stage):
+        pass
     assert sorted(p.name for p in folder.iterdir()) == [".tmp-in-flight", "scene0000_00.safetensors", "sub"]
     assert not nested.exists() and outside.exists()  # the whole stage folder, nothing outside it
     assert stage.read_bytes("scene0000_00.safetensors") == b"done"
@@ -95,16 +98,19 @@ def test_a_stage_restart_sweeps_stale_temporaries_only(tmp_path):
 
 def test_manifest_resume_semantics(store):
     stage = store.child("features")
+    recipe = stage_recipe(1, k_thresh=0.01).unit({"scene": "a" * 64})
     manifest = Manifest(stage)
     for unit in ["s0", "s1", "s2"]:
-        digest = stage.write_bytes(f"{unit}.bin", unit.encode())
-        manifest.record(UnitResult.ok(unit, f"{unit}.bin", digest, 2, 0.1, "cfg"))
-    manifest.record(UnitResult.failed("s3", "s3 frame 7: broken"))
+        manifest.record(UnitResult.ok(unit, f"{unit}.bin", stage.put(f"{unit}.bin", unit.encode()), 0.1, recipe))
+    manifest.record(UnitResult.failed("s3", "s3 frame 7: broken", recipe=recipe))
     manifest.flush()
 
-    reloaded = Manifest(stage)
-    assert reloaded.pending(["s0", "s1", "s2", "s3", "s4"]) == ["s3", "s4"]
+    units = ["s0", "s1", "s2", "s3", "s4"]
+    plan = Manifest(stage).plan({u: recipe for u in units})
+    assert (plan.todo, plan.skipped, dict(plan.reasons)) == (["s3", "s4"], 3, {"failed before": 1, "new": 1})
     stage.delete("s1.bin")  # a deleted output is recomputed
-    stage.write_bytes("s2.bin", b"tampered")  # so is a changed one
-    assert Manifest(stage).pending(["s0", "s1", "s2"]) == ["s1", "s2"]
-    assert [r.id for r in reloaded.errors()] == ["s3"]
+    stage.put("s2.bin", b"tampered")  # so is a rewritten one (the listing shows another size and version)
+    plan = Manifest(stage).plan({u: recipe for u in ["s0", "s1", "s2"]})
+    assert plan.todo == ["s1", "s2"]
+    assert dict(plan.reasons) == {"output missing": 1, "output changed since it was written": 1}
+    assert [r.id for r in Manifest(stage).errors()] == ["s3"]

@@ -12,13 +12,12 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 
-import fsspec
 import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from sas_ray.errors import InputError
-from sas_ray.storage import Storage, load_tensors, tensor_metadata
+from sas_ray.errors import InputError, StorageError
+from sas_ray.storage import Storage, filesystem, load_tensors, retrying, tensor_metadata
 
 _WRAPPER_KEYS = ("state_dict", "model", "module")  # training checkpoints nest the weights under one of these
 
@@ -40,11 +39,11 @@ class Checkpoint:
 def read_checkpoint(url: str, storage_options: dict | None = None) -> Checkpoint:
     """Read a state dict from `url`: safetensors, or a torch file loaded with weights_only=True."""
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            blob = f.read()
+        fs, path = filesystem(url, storage_options)
+        blob = retrying(f"checkpoint {url}", lambda: fs.cat_file(path))
     except FileNotFoundError:
         raise InputError(f"checkpoint {url}: no such file or object") from None
-    except (OSError, ValueError) as err:
+    except (StorageError, OSError, ValueError) as err:
         raise InputError(f"checkpoint {url}: cannot be read: {err}") from None
     return parse_checkpoint(blob, url)
 

@@ -35,6 +35,8 @@ def test_distill_two_stages_on_s3_resume_predict_evaluate(ray_session, s3_bucket
     assert curve["steps"] == list(range(1, 7))  # one curve across both invocations: the step count continued
     assert sum(curve["loss"][-2:]) < 0.8 * sum(curve["loss"][:2]), curve["loss"]
     assert sorted(n for n in store.list("distill/history")) == sorted(f"{s}.safetensors" for s in scenes)
+    again = run_distill(parse_config(settings, DistillConfig))  # both stages done with this recipe: no training
+    assert (again.done, again.skipped, again.reran) == (0, 2, {}), again.summary()
 
     predicted = run_predict(parse_config({"prepared": root, "output": root, "repeats": 2, "backend": "torch",
                                           "storage": {"options": options}, "progress": False}, PredictConfig))
