@@ -15,8 +15,7 @@ from sas_ray.config import SuperpointsConfig, config_hash
 from sas_ray.errors import SasError
 from sas_ray.prepared import read_info, read_scene
 from sas_ray.storage import Manifest, Storage, UnitResult
-
-SUPERPOINTS = "superpoints"
+from sas_ray.superpoints import SUPERPOINTS
 
 
 def superpoint_ids(scene, cfg: SuperpointsConfig):
@@ -60,11 +59,6 @@ def run_superpoints(cfg: SuperpointsConfig, address: str | None = None) -> Stage
     report.seconds = time.perf_counter() - start
     report.outputs["superpoints"] = stage.url()
     return report
-
-
-def read_superpoints(output: Storage, scene_id: str) -> torch.Tensor:
-    """int64 [N] superpoint ids of a scene written by this stage."""
-    return output.child(SUPERPOINTS).read_tensors(f"{scene_id}.safetensors")["superpoint_ids"]
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:
