@@ -63,7 +63,8 @@ def main() -> None:
     backend = get_backend(args.backend)
     rng = np.random.default_rng(0)
     scenes = [synthetic_scene(args.points, args.dim, rng, i) for i in range(args.batch)]
-    batches = [collate([voxelize_scene(s, args.voxel, rng, train=True) for s in scenes], rng)
+    augmentation = torch.Generator().manual_seed(0)  # the loader's augmentation draws
+    batches = [collate([voxelize_scene(s, args.voxel, augmentation, train=True) for s in scenes], augmentation)
                for _ in range(min(args.steps + args.warmup, 3))]
     variants = args.variants or (["full-head", "subset-head"] + (["subset-head-fp16"] if device.type == "cuda" else []))
     for variant in variants:

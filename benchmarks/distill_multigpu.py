@@ -42,7 +42,9 @@ def worker_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     rng = np.random.default_rng([0, rank])
     scenes = [synthetic_scene(config["points"], config["dim"], rng, i) for i in range(config["batch"])]
-    batches = [collate([voxelize_scene(s, 0.02, rng, train=True) for s in scenes], rng) for _ in range(2)]
+    augmentation = torch.Generator().manual_seed(0)  # the loader's augmentation draws
+    batches = [collate([voxelize_scene(s, 0.02, augmentation, train=True) for s in scenes], augmentation)
+               for _ in range(2)]
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(MinkUNet18A(3, config["dim"]).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -5,6 +5,8 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~4 min)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study     # carry .carry/spconv.tar.xz (~10 min)
 # On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract4  # carry .carry/base.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill4  # carry .carry/spconv.tar.xz
@@ -73,8 +75,20 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 150 python3 -m benchmarks.distill_elastic --gpus 2 --work /tmp/elastic \
       --out "$out/distill-elastic-h100.jsonl"
     ;;
+  loader)  # issue #22: the loader with the augmentation on the GPU; sas-ray distill end to end vs the step alone
+    step "${one[@]}" timeout 240 python3 benchmarks/distill_loader.py --device cuda --points 150000 --batch 8 \
+      --batches 6 --threads 8 --out "$out/distill-loader-gpu.jsonl"
+    step "${one[@]}" timeout 540 python3 benchmarks/distill_e2e.py --work /tmp/e2e --points 150000 --batch 8 \
+      --scenes 16 --steps 60 --warmup 10 --threads 8 --backend spconv --out "$out/distill-e2e.jsonl"
+    ;;
+  study)  # issue #22: the SAS ablation with the student on the GPU (configs/study-gpu.yaml) -> $out/study-gpu.md
+    echo "== sas-ray study (timeout 1200 s)"
+    "${one[@]}" timeout 1200 python3 -m jobs.cli study --config configs/study-gpu.yaml --set output=/tmp/study-gpu \
+      --set report="$out/study-gpu.md" > "$out/study-gpu.log" 2>&1
+    echo "exit $?"; tail -25 "$out/study-gpu.log"; cp /tmp/study-gpu/study.json "$out/study-gpu.json" 2>/dev/null
+    ;;
   *)
-    echo "usage: gpu_suite.sh extract|mask|models|distill|extract4|distill4|profile" >&2
+    echo "usage: gpu_suite.sh extract|mask|models|distill|extract4|distill4|profile|loader|study" >&2
     exit 2
     ;;
 esac

@@ -401,7 +401,9 @@ def stage_distill(work: Workload) -> StageRun:
     backend = get_backend(work.args.distill_backend)
     rng = np.random.default_rng(0)
     scenes = [synthetic_scene(points, dim, rng, i) for i in range(scenes_per_batch)]
-    batches = [collate([voxelize_scene(s, 0.02, rng, train=True) for s in scenes], rng) for _ in range(3)]
+    augmentation = torch.Generator().manual_seed(0)  # the loader's augmentation draws
+    batches = [collate([voxelize_scene(s, 0.02, augmentation, train=True) for s in scenes], augmentation)
+               for _ in range(3)]
     torch.manual_seed(0)
     model = MinkUNet18A(3, dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

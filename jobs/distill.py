@@ -2,12 +2,14 @@
 
 Stage 1 (superpoint distillation) then stage 2 (EMA self-distillation), each one `TorchTrainer` run:
 - `ScalingConfig(num_workers=(min, max))`: elastic; a resize restarts the workers from the last checkpoint and the
-  schedule continues: progress is counted in scenes consumed, the learning rate is scaled to the global batch.
+  schedule continues: progress is counted in scenes consumed, the stage ends after its planned scenes, the learning
+  rate follows the scenes consumed and is scaled to the global batch. Stage 2 continues stage 1's schedule.
 - `FailureConfig(max_failures)`: a dead worker restarts the group from the last checkpoint.
 - Checkpoints every `checkpoint_every` steps to {output}/distill/train/{stage}/ (local or s3://; Ray Train's
   storage). Rerunning the same command restores the run of the same name and continues at its step.
 - Data: each worker reads its own scenes from storage (`scene_assignment`: an epoch's scenes are partitioned across
-  workers), voxelizes and augments them in `prefetch` loader threads, as many batches ahead of the GPU.
+  workers) in `prefetch` loader threads, as many batches ahead of the GPU; augmentation and voxelization run on the
+  GPU, and only the loss subset's target rows are read (`sas_ray.distill.training`).
 - Stage 2 keeps the EMA history per scene under {output}/distill/history/; a scene is written only by its owner.
 The final model of each stage is exported to {output}/distill/{stage}/model.safetensors (`sas-ray predict` reads
 it), and its loss curve to {output}/distill/{stage}/losses.json. {output}/distill/manifest.parquet has a row per
@@ -23,22 +25,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from jobs.console import progress_bar
 from jobs.runtime import StageReport, ensure_ray
-from jobs.superpoints import SUPERPOINTS, read_superpoints
 from sas_ray.config import PRESETS, DistillConfig
-from sas_ray.errors import ConfigError, InputError, SasError
+from sas_ray.errors import ConfigError, SasError
 from sas_ray.features import FEATURES
 from sas_ray.lineage import Recipe, content_digest, stage_recipe
 from sas_ray.manifest import Manifest, UnitResult, open_stage, output_digests
 from sas_ray.prepared import SCENES
 from sas_ray.storage import Storage, StoredObject, absolute_root
+from sas_ray.superpoints import SUPERPOINTS
 
 DISTILL = "distill"
 STAGES = ("stage1", "stage2")
@@ -107,7 +107,8 @@ def run_stage(cfg: DistillConfig, stage: str, inputs: dict):
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "steps": steps, **inputs},
-        scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=cfg.use_gpu,
+                                     elastic_resize_monitor_interval_s=cfg.resize_interval_s),
         run_config=RunConfig(name=stage, storage_path=storage_path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
@@ -160,25 +161,31 @@ def export_stage(cfg: DistillConfig, stage: str, result) -> tuple[dict, StoredOb
     with result.checkpoint.as_directory() as folder:
         from sas_ray.distill.checkpoint import MODEL_FILE, STATE_FILE
 
-        with open(os.path.join(folder, MODEL_FILE), "rb") as f:
-            model = out.put(MODEL_FILE, f.read())
+        stored = {}
+        for name in (MODEL_FILE, STATE_FILE):  # the state: stage 2 continues stage 1's optimizer
+            with open(os.path.join(folder, name), "rb") as f:
+                stored[name] = out.put(name, f.read())
         progress = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    out.write_json("losses.json", {"stage": stage, "steps": [s for s, _ in progress["losses"]],
-                                   "loss": [v for _, v in progress["losses"]],
-                                   "resumed_at": progress.get("resumed_at", [])})
-    return progress, model
+    losses = progress["losses"]  # (step, loss, learning rate, unix time)
+    out.write_json("losses.json", {"stage": stage, "steps": [e[0] for e in losses], "loss": [e[1] for e in losses],
+                                   "lr": [e[2] for e in losses], "time": [e[3] for e in losses],
+                                   "consumed": progress["consumed"],
+                                   "resumed_at": progress.get("resumed_at", []),
+                                   "workers": progress.get("workers", [])})
+    return progress, stored[MODEL_FILE]
 
 
 def stage_recipe_of(cfg: DistillConfig, stage: str, inputs: dict, manifest: Manifest) -> Recipe:
-    """What a stage's model depends on: the training settings of the stage, and the sha256 of every scene,
-    superpoint and feature file it trains on (their manifest rows), of the text encoder and of stage 1's model."""
+    """What a stage's model depends on: the training settings (both stages' lengths: they share one learning-rate
+    schedule), and the sha256 of every scene, superpoint and feature file it trains on (their manifest rows), of the
+    text encoder and of stage 1's model."""
     options = dict(cfg.storage.options)
     extra = {}
     if stage == "stage2":
         extra = {"ema_momentum": cfg.ema_momentum, "label_set": cfg.label_set,
                  "text_encoder": cfg.text_encoder.model_dump(mode="json", include={"name", "tiny", "options"})}
-    config = stage_recipe(VERSION, cfg, RECIPE_FIELDS, stage=stage, length=getattr(cfg, stage).model_dump(mode="json"),
-                          voxel_size=inputs["voxel_size"], **extra)
+    config = stage_recipe(VERSION, cfg, RECIPE_FIELDS, stage=stage, voxel_size=inputs["voxel_size"],
+                          lengths={s: getattr(cfg, s).model_dump(mode="json") for s in STAGES}, **extra)
     read = {"scene": output_digests(Storage(cfg.prepared, options).child(SCENES)),
             "superpoints": output_digests(Storage(cfg.superpoints or cfg.output, options).child(SUPERPOINTS)),
             "features": output_digests(Storage(cfg.output, options).child(FEATURES, cfg.features))}
@@ -206,7 +213,7 @@ def run_distill(cfg: DistillConfig, address: str | None = None) -> StageReport:
     with open_stage(out.child(DISTILL), wait=cfg.storage.wait) as manifest:
         ensure_ray(address)
         inputs = training_inputs(cfg)
-        for stage in STAGES:
+        for stage in STAGES[:STAGES.index(cfg.until_stage) + 1]:
             if not getattr(cfg, stage).epochs:
                 continue
             recipe = stage_recipe_of(cfg, stage, inputs, manifest)
@@ -238,85 +245,35 @@ def run_distill(cfg: DistillConfig, address: str | None = None) -> StageReport:
 
 
 # -- workers ------------------------------------------------------------------------------------------------------
-def load_sample(cfg: DistillConfig, scene_id: str, with_features: bool):
-    """A scene's points, superpoints and (stage 1) fused features, read from storage."""
-    from sas_ray.distill.batch import SceneSample
-    from sas_ray.features import read_features
-    from sas_ray.prepared import read_scene
-
-    options = dict(cfg.storage.options)
-    scene = read_scene(Storage(cfg.prepared, options), scene_id)
-    superpoints = read_superpoints(Storage(cfg.superpoints or cfg.output, options), scene_id).numpy()
-    features = read_features(Storage(cfg.output, options), cfg.features, scene_id) if with_features else None
-    return SceneSample(scene_id, scene.points, superpoints, features, scene.labels)
-
-
-def step_generator(seed: list[int], step: int) -> torch.Generator:
-    """The torch generator of a training step's draws (the loss's voxel subset): a function of (seed, rank, step)
-    only, so a resumed run and the loader threads draw what the uninterrupted run draws."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([*seed, step]).generate_state(1)[0]))
-
-
-def _batch_loader(cfg: DistillConfig, stage: str, voxel_size: float, seed: list[int]):
-    """A function scene ids -> collated Batch, with its own random stream per call."""
-    from sas_ray.distill.batch import collate, voxelize_scene
-
-    def load(step: int, scene_ids: list[str]):
-        rng = np.random.default_rng([*seed, step])
-        scenes = [voxelize_scene(load_sample(cfg, s, stage == "stage1"), voxel_size, rng, train=True)
-                  for s in scene_ids]
-        if stage != "stage1":
-            return collate(scenes, rng)
-        # the loss's voxel subset, drawn as the training step would draw it: only its targets are gathered
-        return collate(scenes, rng, cfg.supervision_limit, step_generator(seed, step))
-
-    return load
-
-
-def initialise_history(cfg: DistillConfig, model, backend, history, scene_ids: list[str], voxel_size: float,
-                       device, seed: list[int]) -> None:
-    """SAS `initialize_pred`: the stage-1 model's superpoint-averaged prediction per point, for scenes without one."""
-    from sas_ray.distill.history import superpoint_average
-    from sas_ray.distill.steps import predict_points
-
-    for scene_id in scene_ids:
-        if history.exists(scene_id):
-            continue
-        sample = load_sample(cfg, scene_id, with_features=False)
-        pred = predict_points(getattr(model, "module", model), backend, sample, voxel_size, 1,
-                              np.random.default_rng([*seed, len(scene_id)]), device)
-        history.write(scene_id, superpoint_average(pred, torch.from_numpy(sample.superpoints).to(device)))
-
-
 def train_loop_per_worker(config: dict) -> None:
-    """One Ray Train worker of one stage (see the module docstring)."""
+    """One Ray Train worker of one stage (see the module docstring): the model, optimizer and progress restored from
+    the run's checkpoint (or stage 2 from stage 1's model), DDP, then the library's `train_stage`."""
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
 
     from sas_ray.distill.backends import get_backend
-    from sas_ray.distill.checkpoint import load_training_state, read_model, save_training_state
-    from sas_ray.distill.history import PredictionHistory, scene_assignment, steps_per_epoch
+    from sas_ray.distill.checkpoint import (MODEL_FILE, load_training_state, read_model, read_training_state,
+                                            save_training_state)
+    from sas_ray.distill.history import PredictionHistory
     from sas_ray.distill.minkunet import MinkUNet18A
-    from sas_ray.distill.steps import learning_rate, optimizer_step, stage1_step, stage2_step
+    from sas_ray.distill.training import (SceneSource, StageRun, initialise_history, new_progress, planned_scenes,
+                                          train_stage)
     from sas_ray.faults import armed_fault
 
     cfg = DistillConfig.model_validate(config["cfg"])
     stage, scenes, voxel_size = config["stage"], config["scenes"], config["voxel_size"]
-    stage_cfg = getattr(cfg, stage)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    backend = get_backend(cfg.backend)
-    options = dict(cfg.storage.options)
-    output = Storage(cfg.output, options)
+    output = Storage(cfg.output, dict(cfg.storage.options))
 
     model = MinkUNet18A(3, config["dim"]).to(device)
     amp = cfg.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)  # fp16 gradients: loss scaling against underflow
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
-    progress = {"step": 0, "epoch": 0, "epoch_step": 0, "consumed": 0, "finished": False, "losses": []}
+    progress = new_progress()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -324,37 +281,24 @@ def train_loop_per_worker(config: dict) -> None:
         progress["resumed_at"] = [*progress.get("resumed_at", []), progress["step"]]  # restarts and reruns
         if progress.get("scaler"):
             scaler.load_state_dict(progress["scaler"])  # the loss scale carries on, as the optimizer does
-    elif stage == "stage2":
-        stage1, _ = read_model(output.child(DISTILL, "stage1"), "model.safetensors")
-        model.load_state_dict(stage1.state_dict())
+    elif stage == "stage2":  # one schedule: stage 2 starts from stage 1's model, optimizer state and loss scale
+        stage1 = output.child(DISTILL, "stage1")
+        model.load_state_dict(read_model(stage1, MODEL_FILE)[0].state_dict())
+        state = read_training_state(stage1)
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     model = ray.train.torch.prepare_model(model)
 
-    global_batch = cfg.batch_size * world
-    per_epoch = steps_per_epoch(len(scenes), world, cfg.loop, cfg.batch_size)
-    if per_epoch == 0:
-        raise InputError(f"{len(scenes)} scenes x loop {cfg.loop} give no full batch of {cfg.batch_size} on each of "
-                         f"{world} workers")
-    planned = stage_cfg.epochs * per_epoch * global_batch  # scenes the whole stage consumes at this size
-    if progress["epoch_step"]:  # a resize: continue the epoch after the scenes already consumed in it
-        progress["epoch_step"] = progress.get("epoch_consumed", 0) // global_batch
-    text = torch.tensor(config["text"], device=device) if config["text"] is not None else None
+    source = SceneSource.of(cfg)
+    backend = get_backend(cfg.backend)
     history = PredictionHistory(output.child(DISTILL, "history"))
     if stage == "stage2":
-        initialise_history(cfg, model, backend, history, scenes[rank::world], voxel_size, device, [cfg.seed, rank])
+        initialise_history(source, model, backend, history, scenes[rank::world], voxel_size, device, [cfg.seed, rank])
         if dist.is_initialized():
             dist.barrier()
-    model.train()
-
     metadata = {"out_channels": str(config["dim"]), "text_space": config["text_space"],
                 "voxel_size": str(voxel_size), "stage": stage}
-    # Every random draw is a function of (seed, rank, step): a run resumed from a checkpoint continues exactly as
-    # an uninterrupted one would.
-    seed = [cfg.seed, rank]
-    loader = _batch_loader(cfg, stage, voxel_size, seed)
-    done_here = 0
-    fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
-    stop = stage_cfg.max_steps or float("inf")
-    total_steps = int(min(stage_cfg.epochs * per_epoch, stop))  # at this world size, for the progress bar
 
     def report(loss: float) -> None:
         """A checkpoint (rank 0 writes it; every rank reports, as Ray Train requires)."""
@@ -366,51 +310,19 @@ def train_loop_per_worker(config: dict) -> None:
                 save_training_state(folder, model, optimizer, progress, metadata)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
 
-    # each batch's draws depend on its step only, so loading `prefetch` of them at once changes no result
-    with ThreadPoolExecutor(max_workers=max(1, cfg.prefetch)) as pool:
-        while progress["epoch"] < stage_cfg.epochs and progress["step"] < stop and not progress["finished"]:
-            order = scene_assignment(scenes, progress["epoch"], rank, world, cfg.loop, cfg.seed)
-            batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                       for i in range(progress["epoch_step"], per_epoch)]
-            first = progress["step"]
-            ahead = cfg.prefetch + 1
-            pending = [pool.submit(loader, first + i, b) for i, b in enumerate(batches[:ahead])]
-            for i in range(len(batches)):
-                batch = pending.pop(0).result()
-                if i + ahead < len(batches):
-                    pending.append(pool.submit(loader, first + i + ahead, batches[i + ahead]))
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.base_lr, progress["consumed"] / planned, progress["step"] == 0,
-                                                global_batch, cfg.lr_reference_batch, cfg.lr_x10_quirk)
-                generator = step_generator(seed, progress["step"])
-                if stage == "stage1":
-                    loss, _ = stage1_step(model, backend, batch, device, generator, cfg.supervision_limit, amp)
-                else:
-                    loss, _ = stage2_step(model, backend, batch, device, history, cfg.ema_momentum, text, generator,
-                                          cfg.supervision_limit, amp)
-                optimizer_step(optimizer, scaler, loss)
-                progress["step"] += 1
-                progress["consumed"] += global_batch
-                progress["epoch_step"] += 1
-                progress["epoch_consumed"] = progress["epoch_step"] * global_batch
-                progress["losses"].append((progress["step"], float(loss.item())))
-                if rank == 0:
-                    config["steps"].update.remote(progress["step"], total_steps, progress["losses"][-1][1])
-                done_here += 1
-                if fault is not None:
-                    fault.check(progress["step"])
-                if progress["epoch_step"] == per_epoch:
-                    progress["epoch"], progress["epoch_step"], progress["epoch_consumed"] = progress["epoch"] + 1, 0, 0
-                at_end = progress["epoch"] >= stage_cfg.epochs or progress["step"] >= stop
-                progress["finished"] = at_end
-                interrupted = cfg.stop_after_steps is not None and done_here >= cfg.stop_after_steps
-                if at_end or interrupted or progress["step"] % cfg.checkpoint_every == 0:
-                    report(float(loss.item()))
-                if at_end or interrupted:
-                    for future in pending:
-                        future.cancel()
-                    return
-    report(float("nan"))  # nothing left to do (a rerun of a finished stage): keep its checkpoint current
+    fault = armed_fault(f"distill-rank{rank}")  # None unless a reliability test set $SAS_RAY_FAULT
+    total = planned_scenes(cfg, stage, len(scenes)) // (cfg.batch_size * world)  # at this size, for the bar
+    total = min(total, getattr(cfg, stage).max_steps or total)
+
+    def after_step(progress: dict) -> None:
+        if rank == 0:
+            config["steps"].update.remote(progress["step"], total, progress["losses"][-1][1])
+        if fault is not None:
+            fault.check(progress["step"])
+
+    text = torch.tensor(config["text"], device=device) if config["text"] is not None else None
+    train_stage(StageRun(cfg, stage, scenes, voxel_size, source, model, backend, optimizer, scaler, device, rank,
+                         world, text, history, progress, report, after_step))
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from jobs.runtime import StageReport, ensure_ray, run_unit_tasks, scene_unit
@@ -28,11 +27,10 @@ VERSION = 1
 
 def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, text_space: str, voxel_size: float,
                   recipe: Recipe) -> UnitResult:
-    from jobs.distill import load_sample
-    from sas_ray.config import DistillConfig
     from sas_ray.distill.backends import get_backend
     from sas_ray.distill.minkunet import MinkUNet18A
     from sas_ray.distill.steps import predict_points
+    from sas_ray.distill.training import SceneSource, step_generator
     from sas_ray.scene import PointFeatures
 
     cfg = PredictConfig.model_validate(cfg)
@@ -43,11 +41,9 @@ def _predict_task(cfg: dict, scene_id: str, weights: dict, out_channels: int, te
         model = MinkUNet18A(3, out_channels)
         model.load_state_dict(weights)
         model.to(device)
-        reader = DistillConfig(prepared=cfg.prepared, output=cfg.output, stage2={"epochs": 0},
-                               storage=cfg.storage)
-        sample = load_sample(reader, scene_id, with_features=False)
-        rng = np.random.default_rng([cfg.seed, int.from_bytes(scene_id.encode()[-8:], "little")])
-        feat = predict_points(model, get_backend(cfg.backend), sample, voxel_size, cfg.repeats, rng, device)
+        sample = SceneSource(Storage(cfg.prepared, options), superpoints=None).load(scene_id, with_features=False)
+        generator = step_generator([cfg.seed], int.from_bytes(scene_id.encode()[-8:], "little"))
+        feat = predict_points(model, get_backend(cfg.backend), sample, voxel_size, cfg.repeats, generator, device)
         features = PointFeatures(feat.half().cpu(), torch.ones(feat.shape[0], dtype=torch.bool))
         stage = Storage(cfg.output, options).child(FEATURES, cfg.name)
         name = feature_file(scene_id)

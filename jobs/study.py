@@ -8,9 +8,12 @@ others are evaluated):
   the annotation-free diffusion path with tiny models (it runs; a simulated teacher predicts nothing on generated
   images) -> fuse: add, linear, capability (+ a control with the two capability vectors swapped) -> superpoints ->
   distill stage 1 with one superpoint per point (= point distillation), stage 1 with superpoints, stage 2 ->
-  predict -> evaluate every row; 2D rows are also scored after superpoint averaging (no training).
+  predict -> evaluate every row; 2D rows are also scored after superpoint averaging (no training). The oracle: the
+  same student, budget and augmentation trained on ground-truth targets (each labelled point's class prompt
+  embedding), the ceiling of what geometry alone lets it learn, per class.
 Folders under `output`: raw/, prepared/, the main run (features/, capability/, superpoints/, distill/, evaluate/),
-truth/ (capability on the evaluated scenes), diffusion/, point/ (point distillation), control/ (swapped capability).
+truth/ (capability on the evaluated scenes), diffusion/, point/ (point distillation), control/ (swapped capability),
+oracle/ (the student on ground truth).
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ ROWS = (  # (key, row name as in SPEC §5.10, mode) in table order
     ("distill-superpoint", "+ superpoint", "distill"), ("distill-self", "+ self-distill", "distill"),
 )
 CONTROL = "capability-swapped"
+ORACLE = "oracle"  # the student trained on ground-truth targets (features/oracle/ under oracle/)
 MIN_PIXELS = 10000  # labelled pixels a class needs in both room sets to enter the capability rank comparison
 # mIoU points the best 3D row may lose against its 2D input (capability fusion) in the CI-sized study
-# (tests/jobs/test_study.py). Loose on purpose: 30 CPU steps teach the geometry-only student the walls and floors only
-# (see the 3D paragraph of study_markdown); the property is its wall IoU, checked next to it.
-DISTILL_MARGIN = 38.0
+# (tests/jobs/test_study.py: 30 CPU steps). At that budget a geometry-only student, like the oracle (docs/study.md),
+# learns the walls and the floor and little else (~6 mIoU: wall 53, floor 56 IoU against the input's 69 and 67);
+# the test also asks half of the input's wall and floor IoU. The code before issue #22 reached 3.8 (the floor not
+# learnt: voxels at 0.1 m left holes in every surface of rooms whose vertices are 0.2 m apart).
+DISTILL_MARGIN = 35.0
+# mIoU points stage 2 (self-distillation) may lose against the stage-1 model it starts from (+ superpoint).
+SELF_DISTILL_MARGIN = 2.0
 
 
 class StudyConfig(Strict):
@@ -68,6 +76,7 @@ class StudyConfig(Strict):
     distill: dict = Field(default_factory=dict)  # extra keys of the distill config
     predict: dict = Field(default_factory=dict)  # extra keys of the predict config
     diffusion: dict | None = None  # CapabilityConfig keys of the annotation-free path; None = not run
+    oracle: bool = True  # also train the student on ground-truth targets (what geometry alone lets it learn)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = False
 
@@ -254,19 +263,43 @@ class _Study:
                                                    {"scene": scene, "count": str(count)})
         self.copy_features(self.root, point, ["capability"])
 
-    def distill(self, root: Storage, with_stage2: bool) -> None:
+    def distill(self, root: Storage, name: str, with_stage2: bool, features: str = "capability",
+                superpoints: Storage | None = None) -> None:
+        """The student on `root`'s features/{features}/ and the superpoints/ under `superpoints` (default `root`)."""
         from jobs.distill import run_distill
 
         settings = {**self.cfg.distill}
-        if not with_stage2:
-            settings["stage2"] = {"epochs": 0}
+        if not with_stage2:  # stage 1 only, at the same point of the schedule as the run with stage 2
+            settings["until_stage"] = "stage1"
+        superpoints = superpoints or root
         report, = self.run("distill", run_distill, self.config(DistillConfig, {
-            **settings, "prepared": self.prepared, "output": root.url(), "features": "capability",
-            "scenes": self.evaluation, "label_set": self.cfg.label_set,
+            **settings, "prepared": self.prepared, "output": root.url(), "features": features,
+            "superpoints": superpoints.url(), "scenes": self.evaluation, "label_set": self.cfg.label_set,
             "text_encoder": self.cfg.text_encoder.model_dump()}, "distill"))
-        name = "point" if not with_stage2 else "superpoint"
         self.distill_steps.update({f"{name} {k.split()[0]}": int(v) for k, v in report.outputs.items()
                                    if k.endswith(" steps")})
+
+    def oracle_targets(self) -> None:
+        """oracle/features/oracle/: every labelled point's target is its ground-truth class's prompt embedding, in
+        the fused features' text space (the student's best possible teacher)."""
+        from jobs.evaluate import vocabulary_prompts
+        from sas_ray.features import FEATURES, encode_features, feature_file
+        from sas_ray.models import build_text_encoder
+        from sas_ray.prepared import read_scene
+        from sas_ray.scene import PointFeatures
+
+        spec = self.cfg.text_encoder
+        encoder = build_text_encoder(spec.name, spec.weights, tiny=spec.tiny, storage_options=self.options,
+                                     **spec.options)
+        _, vocabulary, _ = vocabulary_prompts(self.cfg.label_set, nuscenes_details=False)
+        text = encoder.encode(vocabulary).float()
+        stage = self.root.child("oracle", FEATURES, ORACLE)
+        for scene_id in self.evaluation:
+            labels = torch.from_numpy(read_scene(Storage(self.prepared, self.options), scene_id).labels)
+            known = labels < len(text)
+            features = PointFeatures(text[labels[known]].half(), known)
+            stage.write_tensors(feature_file(scene_id), encode_features(features),
+                                {"teacher": ORACLE, "text_space": encoder.text_space, "dim": str(text.shape[1])})
 
     def predict(self, root: Storage, stage: str, name: str) -> None:
         from jobs.predict import run_predict
@@ -292,7 +325,7 @@ class _Study:
     def superpoint_averaged(self, root: Storage, key: str) -> dict:
         """mIoU / mAcc (percent) of a 2D row after averaging its features over each superpoint (no training)."""
         from jobs.evaluate import evaluation_inputs
-        from jobs.superpoints import read_superpoints
+        from sas_ray.superpoints import read_superpoints
         from sas_ray.distill.losses import segment_mean
         from sas_ray.evaluate import ConfusionMatrix, predict_fusion
         from sas_ray.features import read_full_features
@@ -325,11 +358,15 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> StudyResult:
     study.diffusion()
     study.fusions()
     study.superpoints()
-    study.distill(root.child("point"), with_stage2=False)
-    study.distill(root, with_stage2=True)
+    study.distill(root.child("point"), "point", with_stage2=False)
+    study.distill(root, "superpoint", with_stage2=True)
     study.predict(root.child("point"), "stage1", "distill-point")
     study.predict(root, "stage1", "distill-superpoint")
     study.predict(root, "stage2", "distill-self")
+    if cfg.oracle:
+        study.oracle_targets()
+        study.distill(root.child("oracle"), "oracle", with_stage2=False, features=ORACLE, superpoints=root)
+        study.predict(root.child("oracle"), "stage1", ORACLE)
     rows = []
     for key, name, mode in ROWS:
         where = root.child("point") if key == "distill-point" else root
@@ -340,7 +377,11 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> StudyResult:
         rows.append(row)
     control = {"key": CONTROL, "name": "2D capability fusion, capability vectors swapped (control)",
                **study.evaluate(root.child("control"), CONTROL, "fusion")}
-    numbers = {"rows": rows, "control": control, "linear_weights": study.linear_weights(),
+    oracle = None
+    if cfg.oracle:
+        oracle = {"key": ORACLE, "name": "3D student on ground-truth targets (oracle)",
+                  **study.evaluate(root.child("oracle"), ORACLE, "distill")}
+    numbers = {"rows": rows, "control": control, "oracle": oracle, "linear_weights": study.linear_weights(),
                "distill_steps": study.distill_steps,
                "capability": capability_comparison(study, rows),
                "diffusion": diffusion_table(study),
@@ -457,6 +498,32 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+LEARNABLE_IOU = 0.5  # a class the oracle segments at this IoU or better: geometry tells it apart at this budget
+
+
+def geometry_markdown(by_key: dict, oracle: dict) -> list[str]:
+    """The per-class table of what a geometry-only student learns: its 2D input, the oracle, the 3D rows."""
+    keys = ("capability", "distill-point", "distill-superpoint", "distill-self")
+    lines = ["", "## What geometry lets the student learn", "",
+             "The oracle is the same student, budget and augmentation trained on ground-truth targets (each labelled "
+             "point's class prompt embedding): its input is geometry only (the constant 1 per voxel), so its IoU is "
+             "what the rooms' shapes let a student tell apart at this budget. IoU in %:", "",
+             "| class | 2D input | oracle | point distill | + superpoint | + self-distill |",
+             "|---|---:|---:|---:|---:|---:|"]
+    learnable = []
+    for name, iou in oracle["per_class_iou"].items():
+        if iou is None:
+            continue
+        cells = [_fmt(None if by_key[k]["per_class_iou"].get(name) is None else 100 * by_key[k]["per_class_iou"][name])
+                 for k in keys]
+        lines.append(f"| {name} | {cells[0]} | {_fmt(100 * iou)} | " + " | ".join(cells[1:]) + " |")
+        if iou >= LEARNABLE_IOU:
+            learnable.append(name)
+    lines += ["", f"Classes the oracle segments at IoU >= {100 * LEARNABLE_IOU:.0f}: "
+              + (", ".join(learnable) if learnable else "none") + "."]
+    return lines
+
+
 def study_markdown(numbers: dict) -> str:
     """docs/study.md from the study's numbers."""
     cfg = numbers["config"]
@@ -489,6 +556,9 @@ def study_markdown(numbers: dict) -> str:
         lines.append(f"| {name} | {_fmt(r['miou'])} | {_fmt(r['macc'])} | {_fmt(r.get('sp_miou'))} | "
                      f"{r['sas_scannet']} |")
     lines.append(f"| *{control['name']}* | {_fmt(control['miou'])} | {_fmt(control['macc'])} | | |")
+    oracle = numbers.get("oracle")
+    if oracle:
+        lines.append(f"| *{oracle['name']}* | {_fmt(oracle['miou'])} | {_fmt(oracle['macc'])} | | |")
     checks = [
         ("capability fusion beats teacher A, teacher B and direct add",
          by_key["capability"]["miou"] > max(by_key[k]["miou"] for k in ("teacher-a", "teacher-b", "add"))),
@@ -509,24 +579,28 @@ def study_markdown(numbers: dict) -> str:
     steps = ", ".join(f"{k} {v}" for k, v in numbers["distill_steps"].items())
     lines += ["", f"The 3D rows are trained on the evaluated rooms themselves (optimizer steps: {steps}; batch "
               f"{cfg['distill'].get('batch_size', 4)} rooms, loop {cfg['distill'].get('loop', 5)}, Adam lr "
-              f"{cfg['distill'].get('base_lr')} at batch {cfg['distill'].get('lr_reference_batch')}), so they "
-              "measure what distillation keeps of its 2D input, not generalisation. There is no bug behind low 3D "
-              "rows: without augmentation the student fits its input (2 rooms, 200 steps: 24.5 of the input's 32.4 "
-              "mIoU and rising; its predictions agree with the features it was trained on). What makes it slow is "
-              "SAS's augmentation (rotation about z by up to pi, elastic distortion, flips, scale) on a "
-              "geometry-only input (the constant 1 per voxel): it must learn rotation-invariant shape cues, and for "
-              "hundreds of steps it predicts the mean of the targets (cosine 0.78 to them, the text embeddings' "
-              "cosine to their mean), i.e. walls and floors. Measured on CPU (4 rooms, batch 2, lr 1e-3, the large "
-              "run's features): 5.7 mIoU after 100 steps, 8.3 after 400, 14.0 after 700, 15.0 after 800, against "
-              "the input's 36.6; no faster with lr 1e-2 (6.2 vs 5.9 after 200 steps), voxel 0.2 (7.7 vs 8.3 after "
-              "400) or 4x denser rooms (12k points: 7.7 of 44.3 after 100). On one H100 (configs/study-gpu.yaml, "
-              "batch 8) the three rows went from 6.1 / 6.5 / 6.0 mIoU with 300 + 300 + 120 steps to 14.5 / 17.6 / "
-              "16.4 with 900 + 900 + 150: they rise with the budget, and superpoints add 3 points. SAS distils for "
-              "70-100 epochs x loop 5 over 1201 ScanNet scenes; the rows reach their shape only with a budget of "
-              "that order "
-              "(`distill.stage1.epochs`, `distill.use_gpu: true`, configs/study-gpu.yaml). The CI study "
-              f"(tests/jobs/test_study.py) allows the best 3D row to lose {DISTILL_MARGIN:.0f} mIoU points against "
-              "its 2D input and asserts that it keeps half of its wall IoU."]
+              f"{cfg['distill'].get('base_lr')} at batch {cfg['distill'].get('lr_reference_batch')}, voxel "
+              f"{cfg['distill'].get('voxel_size')} m), so they measure what distillation keeps of its 2D input, not "
+              "generalisation. Why they stay below it: the student's input is geometry only (the constant 1 per "
+              "voxel) under SAS's augmentation (rotation about z by up to pi, elastic distortion, flips, scale), "
+              "and the oracle (the same student on ground-truth targets) shows how few classes these rooms' shapes "
+              "separate at such budgets: walls, floor and chairs (legs, a back) come first; pictures, windows and "
+              "doors are 2-4 cm boxes on a wall, inside the wall's voxels; the box furniture (cabinet, bookshelf, "
+              "counter, refrigerator, bed) differs only in size and proportions. Ground-truth targets, the "
+              "evaluated rooms of the CI study, batch 2, CPU: 3.9 mIoU after 30 steps at 0.1 m voxels, 6.9 at 0.2 m "
+              "(the rooms' vertices are 0.2 m apart: finer voxels leave holes in every surface), 10.0 after 120 "
+              "steps at 0.2 m (wall 60, floor 56, chair 65 IoU, the rest near 0). The distillation itself was "
+              "checked step by step (tests/distill/: targets gathered for the loss's voxels bit for bit as SAS "
+              "orders them, the point -> voxel -> target mapping under augmentation, the poly schedule at every "
+              "step, the EMA update); the fault found is stage 2's restart (a fresh Adam at the base rate, "
+              "docs/distill.md), now one schedule with stage 1. Before that fix and the 0.2 m voxels the CI study "
+              "read 3.8 / 2.4 / 0.59 mIoU. On one H100 with that code (900 + 900 + 150 steps, batch 8, 0.1 m) the "
+              "rows were 14.5 / 17.6 / 16.4 against an input of 38.2: they rise with the budget. The CI study "
+              f"(tests/jobs/test_study.py) requires the best 3D row within {DISTILL_MARGIN:.0f} mIoU points of its "
+              "2D input with half of its wall and floor IoU, and stage 2 within "
+              f"{SELF_DISTILL_MARGIN:.0f} points of the stage-1 model it starts from with 80% of its wall IoU."]
+    if oracle:
+        lines += geometry_markdown(by_key, oracle)
     lines += ["", "## Capability: measured vs true", "",
               "Estimated = SAS's dataset-level IoU of the teacher's class masks against the label images of the "
               "calibration rooms (`capability` with `source: labels`, the stand-in for SAS's labelled synthetic "

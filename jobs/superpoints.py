@@ -17,8 +17,8 @@ from sas_ray.lineage import Recipe, stage_recipe
 from sas_ray.manifest import UnitResult, open_stage, output_digests
 from sas_ray.prepared import SCENES, read_info, read_scene
 from sas_ray.storage import Storage, StoredObject
+from sas_ray.superpoints import SUPERPOINTS
 
-SUPERPOINTS = "superpoints"
 RECIPE_FIELDS = ("mode", "k_thresh", "min_verts", "knn")  # inputs: the prepared scene
 VERSION = 1
 
@@ -66,11 +66,6 @@ def run_superpoints(cfg: SuperpointsConfig, address: str | None = None) -> Stage
     report.seconds = time.perf_counter() - start
     report.outputs["superpoints"] = stage.url()
     return report
-
-
-def read_superpoints(output: Storage, scene_id: str) -> torch.Tensor:
-    """int64 [N] superpoint ids of a scene written by this stage."""
-    return output.child(SUPERPOINTS).read_tensors(f"{scene_id}.safetensors")["superpoint_ids"]
 
 
 def main(config: str, overrides: list[str], address: str | None) -> StageReport:

@@ -318,6 +318,7 @@ class DistillConfig(Strict):
     scenes: list[str] | None = None  # training scenes; default: every prepared scene
     stage1: DistillStageConfig = Field(default_factory=lambda: DistillStageConfig(epochs=70))  # SAS paper: 70
     stage2: DistillStageConfig = Field(default_factory=lambda: DistillStageConfig(epochs=30))  # ... + 30
+    until_stage: Literal["stage1", "stage2"] = "stage2"  # the last stage to run (the schedule spans both)
     loop: int = Field(5, ge=1)  # OpenScene/SAS: every scene 5 times per epoch
     batch_size: int = Field(4, ge=1)  # scenes per worker per step (SAS: 16 over 4 GPUs)
     base_lr: float = Field(1e-4, gt=0)  # Adam, at lr_reference_batch scenes per step; scaled linearly
@@ -329,6 +330,7 @@ class DistillConfig(Strict):
     ema_momentum: float = Field(0.9999, gt=0, lt=1)  # stage 2: weight of the previous prediction in the EMA history
     backend: SparseBackendName = "auto"  # sparse convolution library; auto = the fastest installed
     num_workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers; min < max = elastic
+    resize_interval_s: float = Field(60.0, gt=0)  # elastic: seconds between Ray Train's looks for more workers
     use_gpu: bool = False  # one GPU per Ray Train worker (the cluster must have or be able to add them)
     checkpoint_every: int = Field(100, ge=1)  # optimizer steps between checkpoints
     max_failures: int = Field(3, ge=0)  # worker failures survived by restarting from the last checkpoint

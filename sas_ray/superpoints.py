@@ -199,3 +199,11 @@ def _check_parameters(k_thresh: float, min_verts: int) -> None:
         raise InputError(f"k_thresh: expected a finite number >= 0, got {k_thresh!r}")
     if not isinstance(min_verts, Integral) or isinstance(min_verts, bool) or min_verts < 0:
         raise InputError(f"min_verts: expected an integer >= 0, got {min_verts!r}")
+
+
+SUPERPOINTS = "superpoints"  # `sas-ray superpoints` writes {root}/superpoints/{scene}.safetensors
+
+
+def read_superpoints(root, scene_id: str):
+    """int64 [N] superpoint ids of a scene written by `sas-ray superpoints` under the Storage `root`."""
+    return root.child(SUPERPOINTS).read_tensors(f"{scene_id}.safetensors")["superpoint_ids"]

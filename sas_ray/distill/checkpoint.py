@@ -1,12 +1,14 @@
 """Distillation checkpoints: the model as safetensors (portable across backends, the layout is ME's), the optimizer
 and progress counters as a torch file read back with `weights_only=True`, and OpenScene/SAS `.pth.tar` import.
 
-A training checkpoint folder holds `model.safetensors` (metadata: out_channels, text_space, voxel_size, stage) and
-`state.pt` ({"optimizer", "step", "epoch", "epoch_step", "consumed", "finished", "losses"})."""
+A training checkpoint folder holds `model.safetensors` (metadata: out_channels, text_space, voxel_size, stage),
+`state.pt` ({"optimizer", "scaler", "step", "epoch", "epoch_step", "epoch_consumed", "consumed", "finished",
+"losses", "workers", "resumed_at"}) and `progress.json` (step, epoch, consumed, finished, workers)."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -19,6 +21,7 @@ from sas_ray.storage import Storage, load_tensors, tensor_metadata
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+PROGRESS_FILE = "progress.json"
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -31,6 +34,8 @@ def save_training_state(folder: str, model: torch.nn.Module, optimizer: torch.op
                         progress: dict, metadata: dict[str, str]) -> None:
     save_file(model_tensors(model), os.path.join(folder, MODEL_FILE), metadata=metadata)
     torch.save({"optimizer": optimizer.state_dict(), **progress}, os.path.join(folder, STATE_FILE))
+    with open(os.path.join(folder, PROGRESS_FILE), "w") as f:  # a run's position at a glance, without torch
+        json.dump({k: progress.get(k) for k in ("step", "epoch", "consumed", "finished", "workers")}, f)
 
 
 def load_training_state(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -39,6 +44,14 @@ def load_training_state(folder: str, model: torch.nn.Module, optimizer: torch.op
     state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state.pop("optimizer"))
     return state
+
+
+def read_training_state(storage: Storage) -> dict:
+    """The `state.pt` a finished stage exported next to its model (optimizer, loss scale, progress)."""
+    if not storage.exists(STATE_FILE):
+        raise InputError(f"{storage.url(STATE_FILE)} is missing (exported by an older version): rerun "
+                         "`sas-ray distill`, which exports the finished stage again")
+    return torch.load(io.BytesIO(storage.read_bytes(STATE_FILE)), map_location="cpu", weights_only=True)
 
 
 def read_model(storage: Storage, rel: str) -> tuple[MinkUNet18A, dict[str, str]]:

@@ -1,9 +1,8 @@
 """One training step of each distillation stage and the test-time prediction, as plain functions over a model, a
-backend and a `Batch` (SPEC §3, §4, §5.7, §5.8). The Ray Train loop in `jobs/distill.py` only wires these up."""
+backend and a `Batch` (SPEC §3, §4, §5.7, §5.8); `training.train_stage` loops over them."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from sas_ray.distill.batch import Batch, SceneSample, collate, voxelize_scene
@@ -84,15 +83,18 @@ def stage1_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device
     return stage1_loss(forward(model, backend, batch, device, rows[0], mixed_precision), batch, rows)
 
 
-def update_history(pred: torch.Tensor, batch: Batch, history: PredictionHistory, momentum: float) -> torch.Tensor:
+def update_history(pred: torch.Tensor, batch: Batch, history: PredictionHistory, momentum: float,
+                   step: int | None = None) -> torch.Tensor:
     """Blend this step's per-point predictions into each scene's stored EMA, in batch order (a scene twice in a
-    batch is blended twice, as SAS); returns the EMA at every voxel's representative point, fp32 [V,C]."""
+    batch is blended twice, as SAS); with `step`, a step the history has already seen is not blended again.
+    Returns the EMA at every voxel's representative point, fp32 [V,C]."""
     with torch.no_grad():
         points = pred.detach()[batch.inverse.to(pred.device)]
         offsets = batch.point_offsets.tolist()
         latest: dict[int, torch.Tensor] = {}
         for b, scene_id in enumerate(batch.scene_ids):
-            latest[b] = history.update(scene_id, points[offsets[b]:offsets[b + 1]], momentum)
+            latest[b] = history.update(scene_id, points[offsets[b]:offsets[b + 1]], momentum,
+                                       None if step is None else (step, b))
         ema = torch.cat([latest[b] for b in range(len(batch.scene_ids))])
         return ema[batch.representatives.to(pred.device)]
 
@@ -100,10 +102,10 @@ def update_history(pred: torch.Tensor, batch: Batch, history: PredictionHistory,
 def stage2_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device: torch.device,
                 history: PredictionHistory, momentum: float, text: torch.Tensor,
                 generator: torch.Generator | None = None, limit: int = SUPERVISION_LIMIT,
-                mixed_precision: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """SAS self-distillation for one batch: every voxel's prediction (without gradients) updates the EMA history;
-    CE to superpoint pseudo labels over all voxels, a random `limit` of them if more (the head's gradients only
-    there)."""
+                mixed_precision: bool = False, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """SAS self-distillation for one batch (optimizer step `step`): every voxel's prediction (without gradients)
+    updates the EMA history; CE to superpoint pseudo labels over all voxels, a random `limit` of them if more (the
+    head's gradients only there)."""
     count = batch.coords.shape[0]
     subset = random_subset(count, limit, generator)
     rows = torch.arange(count) if subset is None else subset
@@ -112,7 +114,7 @@ def stage2_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device
         head = getattr(model, "module", model).head
         with autocast(device, mixed_precision):
             every = head(trunk.detach()).float()
-        ema = update_history(every, batch, history, momentum)[rows.to(device)]
+        ema = update_history(every, batch, history, momentum, step)[rows.to(device)]
     superpoints = batch.superpoints[rows].to(device)
     loss_point, loss_superpoint = self_distillation_losses(pred, ema, superpoints, text.to(device))
     return loss_point + loss_superpoint, {"loss_point": loss_point.item(), "loss_superpoint": loss_superpoint.item()}
@@ -120,13 +122,13 @@ def stage2_step(model: MinkUNet18A, backend: SparseBackend, batch: Batch, device
 
 @torch.no_grad()
 def predict_points(model: MinkUNet18A, backend: SparseBackend, sample: SceneSample, voxel_size: float,
-                   repeats: int, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
+                   repeats: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """fp32 [N,C]: per-point features averaged over `repeats` randomly rotated/scaled voxelizations (OpenScene
     sums the repeats' logits; logits are linear in the features, so the argmax is the same)."""
     model.eval()
     total = None
     for _ in range(repeats):
-        scene = voxelize_scene(sample, voxel_size, rng, train=False)
+        scene = voxelize_scene(sample, voxel_size, generator, train=False, device=device)
         batch = collate([scene], None)
         points = forward(model, backend, batch, device)[batch.inverse.to(device)].float()
         total = points if total is None else total + points

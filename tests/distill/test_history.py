@@ -1,4 +1,4 @@
-"""EMA prediction history in storage and the scene-ownership rule (SPEC §5.8)."""
+"""EMA prediction history in storage, idempotent per step, and the scene-ownership rule (SPEC §5.8)."""
 
 import pytest
 import torch
@@ -18,6 +18,20 @@ def test_history_update_is_the_ema_stored_in_fp16(tmp_path):
     torch.testing.assert_close(history.read("scene0000_00").float(), new, atol=2e-3, rtol=1e-3)
     with pytest.raises(Exception, match="scene0000_00"):
         history.update("scene0000_00", torch.zeros(5, 3))
+
+
+def test_a_repeated_step_is_not_blended_twice(tmp_path):
+    """A run restored from a checkpoint repeats the steps after it: their updates are already in the history."""
+    history = PredictionHistory(Storage(str(tmp_path / "history")))
+    history.write("s", torch.zeros(2, 1))
+    one = torch.ones(2, 1)
+    first = history.update("s", one, 0.5, (5, 0))  # 0.5
+    second = history.update("s", one, 0.5, (5, 1))  # the scene again in the same batch: 0.75
+    assert history.update("s", 3 * one, 0.5, (5, 1)).tolist() == second.tolist()  # step 5 repeated: skipped
+    assert history.update("s", 3 * one, 0.5, (4, 0)).tolist() == second.tolist()  # an earlier step: skipped
+    after = history.update("s", one, 0.5, (6, 0))
+    assert (first.flatten().tolist(), second.flatten().tolist(), after.flatten().tolist()) == \
+        ([0.5, 0.5], [0.75, 0.75], [0.875, 0.875])
 
 
 def test_superpoint_average_broadcasts_the_segment_mean():

@@ -25,7 +25,9 @@ def _batch(dim=6, scenes=2, n=500, seed=0, limit=None, generator=None):
         feat = torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(i)), dim=1)
         mask = torch.from_numpy(rng.random(n) < 0.7)
         samples.append(SceneSample(f"s{i}", xyz, superpoints, PointFeatures(feat[mask].half(), mask)))
-    return collate([voxelize_scene(s, 0.05, rng, train=True) for s in samples], rng, limit, generator)
+    augmentation = torch.Generator().manual_seed(seed)
+    return collate([voxelize_scene(s, 0.05, augmentation, train=True) for s in samples], augmentation, limit,
+                   generator)
 
 
 def _model(dim):
@@ -125,3 +127,21 @@ def test_convolutions_follow_autocast_dtype():
     assert trunk.dtype == torch.bfloat16 and full.dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(half.float(), full, dim=1)
     assert cos.min() > 0.98, cos.min()
+
+
+def test_augmentation_moves_coordinates_not_the_point_to_target_mapping():
+    """Each point's feature is its own index: after elastic distortion, rotation, scale and flip, every voxel's
+    target is its representative point's feature, and that point maps back to the voxel."""
+    n = 600
+    rng = np.random.default_rng(4)
+    xyz = rng.uniform(0, 1.5, (n, 3)).astype(np.float32)
+    mask = torch.from_numpy(rng.random(n) < 0.7)
+    feat = torch.zeros(n, 4)
+    feat[:, 0] = torch.arange(n, dtype=torch.float32)
+    sample = SceneSample("s", xyz, np.zeros(n, np.int64), PointFeatures(feat[mask].half(), mask))
+    augmentation = torch.Generator().manual_seed(3)
+    batch = collate([voxelize_scene(sample, 0.05, augmentation, train=True)], augmentation)
+    voxels = torch.arange(len(batch.coords))
+    assert torch.equal(batch.inverse[batch.representatives], voxels)
+    assert torch.equal(batch.supervised, mask[batch.representatives])
+    assert torch.equal(batch.target[:, 0].long(), batch.representatives[batch.supervised])

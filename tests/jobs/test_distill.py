@@ -9,6 +9,7 @@ from jobs.distill import run_distill
 from jobs.evaluate import run_evaluate
 from jobs.predict import run_predict
 from sas_ray.config import DistillConfig, EvaluateConfig, PredictConfig, parse_config
+from sas_ray.distill.checkpoint import read_training_state
 from sas_ray.storage import Storage
 
 
@@ -35,6 +36,9 @@ def test_distill_two_stages_on_s3_resume_predict_evaluate(ray_session, s3_bucket
     assert curve["steps"] == list(range(1, 7))  # one curve across both invocations: the step count continued
     assert sum(curve["loss"][-2:]) < 0.8 * sum(curve["loss"][:2]), curve["loss"]
     assert sorted(n for n in store.list("distill/history")) == sorted(f"{s}.safetensors" for s in scenes)
+    # stage 2 took over stage 1's optimizer through storage: Adam counts the 6 + 2 steps of one schedule
+    state = read_training_state(store.child("distill", "stage2"))
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {8}
     again = run_distill(parse_config(settings, DistillConfig))  # both stages done with this recipe: no training
     assert (again.done, again.skipped, again.reran) == (0, 2, {}), again.summary()
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from jobs.cli import STAGES
-from jobs.study import DISTILL_MARGIN, StudyConfig, run_study
+from jobs.study import DISTILL_MARGIN, SELF_DISTILL_MARGIN, StudyConfig, run_study
 from sas_ray.config import parse_config
 from sas_ray.errors import ConfigError
 
@@ -19,7 +19,7 @@ def _config(tmp_path) -> dict:
     data.update(output=str(tmp_path / "study"), report=str(tmp_path / "study.md"), calibration_scenes=4,
                 diffusion=None)
     data["dataset"].update(num_scenes=8, frames_per_scene=8)
-    data["distill"].update(stage1={"epochs": 15}, stage2={"epochs": 2})
+    data["distill"].update(stage1={"epochs": 15}, stage2={"epochs": 3})
     data["predict"].update(repeats=1)
     return data
 
@@ -66,11 +66,31 @@ def test_distillation_keeps_the_dominant_structure_of_its_2d_input(study):
     numbers, _ = study
     rows = _rows(numbers)
     best = max((rows[k] for k in ("distill-point", "distill-superpoint", "distill-self")), key=lambda r: r["miou"])
-    # 30 CPU steps under SAS's augmentation: a loose mIoU margin (jobs/study.py DISTILL_MARGIN, stated in
-    # docs/study.md) ...
+    # 30 CPU steps under SAS's augmentation: the mIoU margin of jobs/study.py (DISTILL_MARGIN, why in its comment) ...
     assert best["miou"] >= rows["capability"]["miou"] - DISTILL_MARGIN, {k: r["miou"] for k, r in rows.items()}
-    # the walls come first: at least half of its 2D input's wall IoU
-    assert best["per_class_iou"]["wall"] >= 0.5 * rows["capability"]["per_class_iou"]["wall"], best
+    # ... the walls and the floor come first: at least half of its 2D input's IoU on each
+    for name in ("wall", "floor"):
+        assert best["per_class_iou"][name] >= 0.5 * rows["capability"]["per_class_iou"][name], (name, best)
+
+
+def test_the_student_learns_what_geometry_allows(study):
+    """The oracle (the same student on ground-truth targets) bounds what a geometry-only student learns at this
+    budget; distillation from the fused features keeps most of it (0.81 when written)."""
+    numbers, tmp_path = study
+    oracle, rows = numbers["oracle"], _rows(numbers)
+    assert all(oracle["per_class_iou"][c] >= 0.5 for c in ("wall", "floor")), oracle
+    assert rows["distill-point"]["miou"] >= 0.6 * oracle["miou"], (rows["distill-point"]["miou"], oracle["miou"])
+    assert "## What geometry lets the student learn" in (tmp_path / "study.md").read_text()
+
+
+def test_self_distillation_does_not_undo_stage_1(study):
+    """Stage 2 starts from the + superpoint model; with a fresh Adam at the base rate it fell from 2.4 to 0.59 mIoU
+    and lost the walls. It continues stage 1's schedule and optimizer now (docs/distill.md)."""
+    numbers, _ = study
+    rows = _rows(numbers)
+    start, end = rows["distill-superpoint"], rows["distill-self"]
+    assert end["miou"] >= start["miou"] - SELF_DISTILL_MARGIN, (start["miou"], end["miou"])
+    assert end["per_class_iou"]["wall"] >= 0.8 * start["per_class_iou"]["wall"], (start, end)
 
 
 def test_report_has_every_row(study):

@@ -3,7 +3,8 @@
 import numpy as np
 
 from jobs.prepare import run_prepare
-from jobs.superpoints import read_superpoints, run_superpoints
+from jobs.superpoints import run_superpoints
+from sas_ray.superpoints import read_superpoints
 from sas_ray.config import PrepareConfig, SuperpointsConfig, parse_config
 from sas_ray.prepared import read_scene
 from sas_ray.storage import Storage

@@ -1,7 +1,8 @@
 """A multi-node Ray cluster on 127.0.0.1 for fault tests (ray.cluster_utils.Cluster: a head without CPUs, worker
 nodes), run in its own process so that the tests' session Ray is never touched. The test talks to it over
 stdin/stdout: `remove <pattern>` kills the worker node hosting a process whose command line contains `pattern`,
-`add` starts a fresh worker node; closing stdin shuts everything down.
+`add` starts one more worker node, `refill` starts nodes up to the initial count; closing stdin shuts everything
+down.
 
     python tests/reliability/local_cluster.py <workers> <cpus per worker>
 """
@@ -45,6 +46,10 @@ class LocalCluster:
     def remove_node_running(self, pattern: str) -> bool:
         """Kill the worker node that hosts a process matching `pattern` (no graceful shutdown); False if none."""
         return self._command(f"remove {pattern}")["removed"]
+
+    def add_node(self) -> None:
+        """Start one more worker node."""
+        self._command("add", timeout=120)
 
     def ensure_workers(self) -> int:
         """Start worker nodes until the cluster has as many as it began with; returns how many were added."""
@@ -91,6 +96,10 @@ def main(workers: int, cpus: int) -> None:
                 cluster.remove_node(node, allow_graceful=False)
                 nodes.remove(node)
             print(json.dumps({"removed": node is not None}), flush=True)
+        elif command == "add":
+            nodes.append(cluster.add_node(num_cpus=cpus, **WORKER_ARGS))
+            cluster.wait_for_nodes()
+            print(json.dumps({"added": 1}), flush=True)
         elif command == "refill":
             added = workers - len(nodes)
             nodes += [cluster.add_node(num_cpus=cpus, **WORKER_ARGS) for _ in range(added)]
