@@ -17,6 +17,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 out="${OUT:-docs/perf}"
 mkdir -p "$out"
 nvidia-smi -L
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oE 'H[0-9]+' | tr A-Z a-z)
 step() { echo "== $*"; "$@" 2>&1 | grep -E '^\{|Error|error|Traceback' | tail -8; }
 one=(env CUDA_VISIBLE_DEVICES=0)
 case "${1:-}" in
@@ -28,10 +29,12 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     ;;
-  mask)  # the mask teacher: stock vs device paths vs alternatives (carry .carry/alt.tar.xz for the alternatives)
-    step "${one[@]}" timeout 270 python3 -m benchmarks.sam_clip --device cuda --dtype float16 --masks 100 \
-      --candidates 400 --frames 16 --stock-frames 1 --alt-frames 2 --variants device-fast,device-fast-pool \
-      --breakdown --out "$out/sam-clip-h100.jsonl"
+  mask)  # the mask teacher: stock vs device paths (ALT_FRAMES=2 and .carry/alt.tar.xz: the alternatives too)
+    step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
+    step "${one[@]}" timeout 470 python3 -m benchmarks.sam_clip --device cuda --dtype float16 --masks 100 \
+      --candidates 400 --frames 16 --stock-frames 1 --alt-frames "${ALT_FRAMES:-0}" --breakdown --sizes "${SIZES:-scannet,nuscenes}" \
+      --variants device-fast,device-fast-no-triton,device-fast-ppb1024,device-fast-pool \
+      --out "$out/sam-clip-$card.jsonl"
     ;;
   extract4)
     for gpus in 0 0,1 0,1,2,3; do

@@ -5,14 +5,18 @@
 
 One process, one JSON line per (variant, frame size). Real-size SAM ViT-H and CLIP ViT-L-14 with random weights,
 loaded from checkpoints through the teacher's real loading path. Random SAM weights keep no masks at SAM's
-thresholds, so the mask count is held where a real frame has it: `pred_iou_thresh` is set, from one calibration
-pass, to the quantile that lets about `--candidates` of the 3 x 32² candidates of a frame through, and `max_masks`
+thresholds, so the mask count is held where a real frame has it: SAM's predicted IoUs are shifted (the IoU head's
+last bias, one calibration pass) so that SAM's own threshold 0.88 lets about `--candidates` of the 3 x 32² candidates
+of a frame through (the decoder's IoU-first skip then works as on a real frame), and `max_masks`
 keeps the `--masks` best after box NMS (NMS 0.7 unless it leaves fewer than half of `--masks`: then 1.0, reported).
 Every variant of the SAM ViT-H path runs those same options:
 - stock: segment_anything's SamAutomaticMaskGenerator frame by frame (64-prompt batches, RLE, numpy), one crop
   and resize per mask, eager encoder under autocast (the teacher before this change: `reference_sam_clip`);
 - device-eager: MaskGenerator + batched crops, segment_anything's own encoder and decoder modules under autocast;
-- device-fast: the same with FastImageEncoder (fold) and FastMaskDecoder in fp16 (the CUDA default);
+- device-fast: the same with FastImageEncoder (fold) and FastMaskDecoder in fp16 with its Triton kernels (the CUDA
+  default);
+- device-fast-no-triton: device-fast with the decoder in PyTorch throughout (FastMaskDecoder before its kernels);
+- device-fast-ppb1024: device-fast with the whole 32x32 prompt grid in one decoder call (points_per_batch 1024);
 - device-fast-pool: `region: pool`, dense MaskCLIP features averaged in each mask instead of crops;
 plus `equivalence`: the device generator against SamAutomaticMaskGenerator in float32 (same masks?), and the
 installable alternatives (their own automatic generators, random weights, at the same IoU quantile).
@@ -42,6 +46,7 @@ from sas_ray.models.weights import write_checkpoint  # noqa: E402
 from sas_ray.reference import reference_sam_clip  # noqa: E402
 
 SIZES = {"scannet": (240, 320), "nuscenes": (450, 800)}
+SAM_IOU_THRESH = 0.88  # segment_anything's pred_iou_thresh
 
 
 def frames_of(size: tuple[int, int], count: int, seed: int = 0) -> torch.Tensor:
@@ -81,21 +86,32 @@ def teacher(ckpt: dict, device, dtype, **options):
 
 
 def calibrate(gen: MaskGenerator, frames: torch.Tensor, candidates: int, masks: int) -> dict:
-    """The IoU threshold letting ~`candidates` of a frame's candidates through, and the NMS threshold to use."""
+    """The shift of SAM's predicted IoU that puts ~`candidates` of a frame's candidates above SAM's threshold 0.88
+    (random weights predict IoUs near 0, and a threshold <= 0 turns SAM's filter off), and the NMS threshold."""
+    shift_iou(gen, 0.0)
     saved = gen.pred_iou_thresh, gen.stability_score_thresh, gen.box_nms_thresh, gen.max_masks
     gen.pred_iou_thresh, gen.stability_score_thresh, gen.box_nms_thresh, gen.max_masks = 0.0, 0.0, 1.0, None
     scores = torch.cat([f.scores.float() for f in gen.generate(frames)])
     per_frame = len(scores) / len(frames)
-    thresh = float(torch.quantile(scores.cpu(), max(0.0, 1 - candidates / per_frame)))
-    gen.pred_iou_thresh, gen.box_nms_thresh = thresh, 0.7
+    shift = SAM_IOU_THRESH - float(torch.quantile(scores.cpu(), max(0.0, 1 - candidates / per_frame)))
+    shift_iou(gen, shift)
+    gen.pred_iou_thresh, gen.box_nms_thresh = SAM_IOU_THRESH, 0.7
     kept = [len(f) for f in gen.generate(frames)]
     nms = 0.7 if np.median(kept) >= masks / 2 else 1.0
     gen.pred_iou_thresh, gen.stability_score_thresh, gen.box_nms_thresh, gen.max_masks = saved
-    return {"pred_iou_thresh": thresh, "stability_score_thresh": 0.0, "box_nms_thresh": nms, "max_masks": masks,
-            "candidates_per_frame": per_frame, "after_nms_at_0.7": kept}
+    return {"iou_shift": shift, "pred_iou_thresh": SAM_IOU_THRESH, "stability_score_thresh": 0.0,
+            "box_nms_thresh": nms, "max_masks": masks, "candidates_per_frame": per_frame, "after_nms_at_0.7": kept}
+
+
+def shift_iou(gen: MaskGenerator, shift: float) -> None:
+    """Add `shift` to every IoU SAM predicts (the IoU head's last bias), replacing the shift applied before."""
+    bias = gen.sam.mask_decoder.iou_prediction_head.layers[-1].bias
+    bias.data += shift - getattr(gen, "iou_shift", 0.0)
+    gen.iou_shift = shift
 
 
 def configure(gen: MaskGenerator, options: dict) -> None:
+    shift_iou(gen, options["iou_shift"])
     for key in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "max_masks"):
         setattr(gen, key, options[key])
 
@@ -174,6 +190,10 @@ def bench_size(args, name: str, size, models: dict, device, out: list[dict]) -> 
             fps, feats = timed_encode(model.encode, frames, args.batch, device)
             counts = [len(f) for f in model.masks.generate(frames[:args.batch])]
             extra = {"pool_vs_crop": pool_vs_crop(model, frames[:2])} if model.region == "pool" else {}
+            if variant == "device-fast-no-triton" and "device-fast" in models:
+                extra["masks_vs_device_fast"] = mask_agreement(
+                    models["device-fast"].masks.generate(frames[:args.batch]),
+                    [records_of(f) for f in model.masks.generate(frames[:args.batch])])
             if args.breakdown and model.region == "crop":
                 extra["ms_per_frame_parts"] = breakdown(model, frames, args.batch, device)
                 if device.type == "cuda":
@@ -219,15 +239,24 @@ def breakdown(model, frames: torch.Tensor, batch: int, device: torch.device) -> 
             "total": ms["encode"]}
 
 
-def top_kernels(model, frames: torch.Tensor, count: int = 15) -> list:
-    """The device kernels taking the most time in one `model.encode(frames)` (torch.profiler), ms per frame."""
+def top_kernels(model, frames: torch.Tensor, count: int = 15) -> dict:
+    """The device kernels, and the operators with their input shapes, taking the most device time in one
+    `model.encode(frames)` (torch.profiler), ms per frame."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         model.encode(frames)
         torch.cuda.synchronize()
-    events = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:count]
-    return [[e.key[:80], round(e.device_time_total / 1000 / len(frames), 3), e.count] for e in events]
+
+    def top(events, shapes: bool, rows: int):
+        events = sorted(events, key=lambda e: e.device_time_total, reverse=True)[:rows]
+        return [[e.key[:80], *([str(e.input_shapes)[:160]] if shapes else []),
+                 round(e.device_time_total / 1000 / len(frames), 3), e.count] for e in events]
+
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("aten::")]
+    return {"kernels": top(kernels, False, count), "ops": top(ops, True, 2 * count)}
 
 
 def pool_vs_crop(model, frames: torch.Tensor) -> dict:
@@ -237,6 +266,11 @@ def pool_vs_crop(model, frames: torch.Tensor) -> dict:
     crops = torch.cat(model._crops(frames.permute(0, 3, 1, 2).float() / 255, found))
     cos = F.cosine_similarity(pooled, crops, dim=1)
     return {"masks": len(cos), "cos_mean": cos.mean().item(), "cos_min": cos.min().item()}
+
+
+def records_of(frame_masks) -> list[dict]:
+    """A FrameMasks as segment_anything-style records (what `mask_agreement` reads)."""
+    return [{"segmentation": m.cpu().numpy()} for m in frame_masks.masks]
 
 
 def equivalence(eager, frames: torch.Tensor, options: dict, base: dict, args, out: list[dict]) -> dict:
@@ -329,7 +363,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch", type=int, default=8, help="frames per teacher.encode call")
     parser.add_argument("--masks", type=int, default=100, help="masks kept per frame after NMS (max_masks)")
     parser.add_argument("--candidates", type=int, default=400, help="candidates per frame passing the IoU filter")
-    parser.add_argument("--variants", default="device-eager,device-fast,device-fast-pool",
+    parser.add_argument("--variants", default="device-eager,device-fast,device-fast-no-triton,device-fast-pool",
                         help="device variants to time (stock and the equivalence check always run)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of device-fast")
     parser.add_argument("--out", help="append the JSON lines to this file")
@@ -347,6 +381,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         models = {"device-eager": teacher(ckpt, device, dtype, fast=False),
                   "device-fast": teacher(ckpt, device, dtype, fast=True),
                   "device-fast-pool": teacher(ckpt, device, dtype, fast=True, region="pool")}
+        variants = args.variants.split(",")
+        if "device-fast-no-triton" in variants:
+            models["device-fast-no-triton"] = teacher(ckpt, device, dtype, fast=True)
+            models["device-fast-no-triton"].masks.decoder.triton = False
+        if "device-fast-ppb1024" in variants:
+            models["device-fast-ppb1024"] = teacher(ckpt, device, dtype, fast=True, points_per_batch=1024)
         emit({"bench": "sam-clip", "variant": "load", "teachers": len(models),
               "seconds": time.perf_counter() - start}, args.out)
         for name in args.sizes.split(","):

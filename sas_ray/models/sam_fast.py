@@ -14,11 +14,13 @@ Window partition and its padding reuse segment_anything's functions; under torch
 
 `FastMaskDecoder` is the mask decoder's forward for many point prompts on one image: the image tokens are the same
 for every prompt until the first block's image-to-token attention writes into them, so that block's image-side
-projections run once per image instead of once per prompt (a quarter of the decoder's multiply-adds); every
-attention runs through SDPA in the weights' dtype; the upscaling runs channels-last (each 2x2 stride-2 transposed convolution one matrix product) with one fused layer
-norm; and
-given `skip_below`, prompts whose predicted IoUs (known before any upscaling) all fail that threshold skip the
-upscaling and mask product altogether (over half the decoder's work at SAM's 0.88 on a real frame).
+projections run once per image instead of once per prompt (a quarter of the decoder's multiply-adds); attention runs
+through SDPA in the weights' dtype, except the image tokens' attention to a prompt's few tokens, which, like each
+block's closing add + layer norm and the whole mask upscaling with its hypernetwork product, runs as a Triton kernel
+where one applies (`sam_decoder_triton`; `triton=False`: PyTorch throughout, each 2x2 stride-2 transposed convolution
+one matrix product); and given `skip_below`, prompts whose predicted IoUs (known before any upscaling) all fail that
+threshold skip the upscaling and mask product altogether (over half the decoder's work at SAM's 0.88 on a real
+frame).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_p
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 from sas_ray.errors import ConfigError
+from sas_ray.models.sam_decoder_triton import add_layer_norm, available, few_key_attention, fused_mask_upscaling
 
 REL_POS_MODES = ("mask", "fold")
 
@@ -114,7 +117,7 @@ class FastMaskDecoder(torch.nn.Module):
     """Drop-in for `Sam.mask_decoder` when every prompt of a call is on one image and has no mask input: same
     arguments and outputs, computed in the weights' dtype (`dtype` casts `decoder` in place) with autocast off."""
 
-    def __init__(self, decoder: MaskDecoder, dtype: torch.dtype | None = None):
+    def __init__(self, decoder: MaskDecoder, dtype: torch.dtype | None = None, triton: bool = True):
         super().__init__()
         first, *rest = decoder.transformer.layers
         ups = [m for m in decoder.output_upscaling if isinstance(m, torch.nn.ConvTranspose2d)]
@@ -124,6 +127,7 @@ class FastMaskDecoder(torch.nn.Module):
             raise ConfigError("FastMaskDecoder: expected SAM's two-way transformer (positional terms skipped in "
                               "the first block only)")
         self.decoder = decoder.to(dtype=dtype)  # in place: the same Parameters
+        self.triton = triton  # the kernels of sam_decoder_triton where they apply (else PyTorch throughout)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
@@ -147,24 +151,30 @@ class FastMaskDecoder(torch.nn.Module):
             iou_pred = dec.iou_prediction_head(queries[:, 0])[:, chosen]
             height, width = image_embeddings.shape[-2:]
             wanted = None if skip_below is None else (iou_pred > skip_below).any(dim=1)
-            if wanted is not None and not wanted.all():
-                queries, keys = queries[wanted], keys[wanted]
-            masks = self._masks(queries, keys.unflatten(1, (height, width)))[:, chosen]
-            if wanted is not None and not wanted.all():
-                masks = masks.new_zeros(len(iou_pred), *masks.shape[1:]).index_copy_(
-                    0, wanted.nonzero()[:, 0], masks)
+            hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + i])
+                                 for i in range(dec.num_mask_tokens)[chosen]], dim=1)  # [P, M, C/8]
+            masks = self._masks(hyper, keys.unflatten(1, (height, width)), wanted)
         return masks, iou_pred
 
-    def _masks(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Mask logits [P, tokens, 4h, 4w] from the output tokens and the image tokens [P, h, w, C], upscaled
-        channels-last (LayerNorm2d as F.layer_norm over the last dim: the same biased statistics, one kernel)."""
-        dec = self.decoder
-        up1, norm, act1, up2, act2 = dec.output_upscaling
+    def _masks(self, hyper: torch.Tensor, keys: torch.Tensor, wanted: torch.Tensor | None) -> torch.Tensor:
+        """Mask logits [P, M, 4h, 4w] from the hypernetwork outputs of the chosen mask tokens [P, M, C/8] and the
+        image tokens [P, h, w, C]; prompts where `wanted` (bool [P]) is False are left zero."""
+        up1, norm, _, up2, _ = self.decoder.output_upscaling
+        prompts = torch.arange(len(keys), device=keys.device) if wanted is None else wanted.nonzero()[:, 0]
+        if self.triton and available(keys, up1.in_channels, up1.out_channels, up2.out_channels):
+            return fused_mask_upscaling(keys, hyper, prompts, up1, norm, up2)
+        if len(prompts) == len(keys):
+            return self._masks_torch(hyper, keys)
+        masks = keys.new_zeros(len(keys), hyper.shape[1], 4 * keys.shape[1], 4 * keys.shape[2])
+        return masks.index_copy_(0, prompts, self._masks_torch(hyper[prompts], keys[prompts]))
+
+    def _masks_torch(self, hyper: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The same in PyTorch: channels-last upscaling (LayerNorm2d as F.layer_norm over the last dim: the same
+        biased statistics) and the product with the hypernetwork outputs hyper [P, M, C/8]."""
+        up1, norm, act1, up2, act2 = self.decoder.output_upscaling
         x = act1(F.layer_norm(_upsample2x(up1, keys), (up1.out_channels,), norm.weight, norm.bias, norm.eps))
         x = act2(_upsample2x(up2, x))  # [P, 4h, 4w, C/8]
-        hyper_in = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
-                               dim=1)  # [P, tokens, C/8]
-        return (x.flatten(1, 2) @ hyper_in.transpose(1, 2)).transpose(1, 2).unflatten(2, x.shape[1:3])
+        return (x.flatten(1, 2) @ hyper.transpose(1, 2)).transpose(1, 2).unflatten(2, x.shape[1:3])
 
     def _two_way(self, src: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor):
         """TwoWayTransformer's forward; src and pos [1, N, C] shared by the prompts' tokens [P, T, C]."""
@@ -175,11 +185,37 @@ class FastMaskDecoder(torch.nn.Module):
         queries = first.norm2(queries + _attend_shared_image(first.cross_attn_token_to_image, queries + tokens,
                                                              image_keys, src))
         queries = first.norm3(queries + first.mlp(queries))
-        keys = first.norm4(src + _attend(first.cross_attn_image_to_token, image_keys, queries + tokens, queries))
+        update = self._image_to_token(first.cross_attn_image_to_token, image_keys, queries + tokens, queries)
+        keys, keys_pe = self._add_norm(first.norm4, src, update, pos)
         for layer in rest:
-            queries, keys = _block(layer, queries, keys, tokens, pos)
-        attn_out = _attend(transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys)
+            queries, keys, keys_pe = self._block(layer, queries, keys, keys_pe, tokens, pos)
+        attn_out = _attend(transformer.final_attn_token_to_image, queries + tokens, keys_pe, keys)
         return transformer.norm_final_attn(queries + attn_out), keys
+
+    def _block(self, layer: TwoWayAttentionBlock, queries, keys, keys_pe, query_pe, key_pe):
+        """TwoWayAttentionBlock.forward (positional terms on); keys_pe = keys + key_pe in and out."""
+        q = queries + query_pe
+        queries = layer.norm1(queries + _attend(layer.self_attn, q, q, queries))
+        q = queries + query_pe
+        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, keys_pe, keys))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        update = self._image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
+        keys, keys_pe = self._add_norm(layer.norm4, keys, update, key_pe)
+        return queries, keys, keys_pe
+
+    def _image_to_token(self, attn: Attention, q, k, v) -> torch.Tensor:
+        """Attention of the image tokens q [P or 1, N, C] to each prompt's few tokens k, v [P, T, C]."""
+        if self.triton and available(q, attn.internal_dim // attn.num_heads):
+            out = few_key_attention(attn.q_proj(q), attn.k_proj(k), attn.v_proj(v), attn.num_heads)
+            return attn.out_proj(out)
+        return _attend(attn, q, k, v)
+
+    def _add_norm(self, norm: torch.nn.LayerNorm, residual, update, pe) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + update), that + pe); residual and pe may be one image's [1, N, C]."""
+        if self.triton and available(update, update.shape[-1]):
+            return add_layer_norm(residual.contiguous(), update, norm, pe.contiguous())
+        keys = norm(residual + update)
+        return keys, keys + pe
 
 
 def _upsample2x(conv: torch.nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
@@ -190,17 +226,6 @@ def _upsample2x(conv: torch.nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor
     batch, height, width = x.shape[:3]
     out = out.permute(0, 1, 4, 2, 5, 3).reshape(batch, 2 * height, 2 * width, conv.out_channels)
     return out + conv.bias
-
-
-def _block(layer: TwoWayAttentionBlock, queries, keys, query_pe, key_pe):
-    """TwoWayAttentionBlock.forward (positional terms on) with SDPA attention."""
-    q = queries + query_pe
-    queries = layer.norm1(queries + _attend(layer.self_attn, q, q, queries))
-    q, k = queries + query_pe, keys + key_pe
-    queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, k, keys))
-    queries = layer.norm3(queries + layer.mlp(queries))
-    keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, queries + query_pe, queries))
-    return queries, keys
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
