@@ -25,6 +25,8 @@ frame).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder
@@ -35,6 +37,8 @@ from sas_ray.errors import ConfigError
 from sas_ray.models.sam_decoder_triton import add_layer_norm, available, few_key_attention, fused_mask_upscaling
 
 REL_POS_MODES = ("mask", "fold")
+# errors that leave the device unusable or are not the kernels' doing: never answered by the PyTorch fallback
+DEVICE_FAULTS = (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError))
 
 
 class FastImageEncoder(torch.nn.Module):
@@ -115,7 +119,9 @@ def _attend_bias_folded(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
 
 class FastMaskDecoder(torch.nn.Module):
     """Drop-in for `Sam.mask_decoder` when every prompt of a call is on one image and has no mask input: same
-    arguments and outputs, computed in the weights' dtype (`dtype` casts `decoder` in place) with autocast off."""
+    arguments and outputs, computed in the weights' dtype (`dtype` casts `decoder` in place) with autocast off.
+    `triton`: use the Triton kernels where they apply; if they fail to build or launch on this machine (no compiler,
+    an unsupported GPU), a warning says so once and the decoder continues in PyTorch."""
 
     def __init__(self, decoder: MaskDecoder, dtype: torch.dtype | None = None, triton: bool = True):
         super().__init__()
@@ -138,6 +144,22 @@ class FastMaskDecoder(torch.nn.Module):
         if image_embeddings.shape[0] != 1 or (dense_prompt_embeddings.shape[0] > 1
                                               and dense_prompt_embeddings.stride(0) != 0):
             raise ValueError("FastMaskDecoder: one image per call and no mask prompts (use SAM's own decoder)")
+        args = image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output, \
+            skip_below
+        if not self.triton:
+            return self._forward(*args)
+        try:
+            return self._forward(*args)
+        except Exception as err:  # noqa: BLE001  (a kernel that cannot build or launch here: PyTorch instead)
+            if isinstance(err, DEVICE_FAULTS):
+                raise
+            warnings.warn(f"FastMaskDecoder: its Triton kernels failed here ({type(err).__name__}: {err}); the "
+                          "decoder runs in PyTorch from now on", RuntimeWarning, stacklevel=2)
+            self.triton = False
+            return self._forward(*args)
+
+    def _forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                 multimask_output, skip_below):
         dec = self.decoder
         dtype = dec.iou_token.weight.dtype
         chosen = slice(1, None) if multimask_output else slice(0, 1)

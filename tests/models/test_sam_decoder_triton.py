@@ -123,6 +123,33 @@ def test_decoder_with_kernels_is_as_close_to_sam_as_the_pytorch_path(checks):
     assert checks["skip_zero_fused"] and checks["skip_zero_torch"]
 
 
+def test_decoder_falls_back_to_pytorch_when_the_kernels_cannot_run(monkeypatch):
+    """Told the kernels apply where Triton cannot launch them (CPU tensors, no interpreter), the decoder warns once,
+    answers with its PyTorch path (the same masks) and stays there."""
+    import copy
+
+    import torch
+
+    import sas_ray.models.sam_fast as sam_fast
+    from test_sam_masks import sam_decoder
+
+    prompts, decoder = sam_decoder()
+    g = torch.Generator().manual_seed(2)
+    image = torch.randn(1, 256, 64, 64, generator=g)
+    with torch.inference_mode():
+        sparse, dense = prompts(points=(torch.rand(3, 1, 2, generator=g) * 1024, torch.ones(3, 1, dtype=torch.int)),
+                                boxes=None, masks=None)
+        pe = prompts.get_dense_pe()
+        expected = sam_fast.FastMaskDecoder(copy.deepcopy(decoder), triton=False)(image, pe, sparse, dense, True)
+        fast = sam_fast.FastMaskDecoder(copy.deepcopy(decoder), triton=True)
+        monkeypatch.setattr(sam_fast, "available", lambda *args: True)
+        with pytest.warns(RuntimeWarning, match="Triton kernels failed"):
+            masks, iou = fast(image, pe, sparse, dense, True)
+    assert not fast.triton
+    torch.testing.assert_close(masks, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(iou, expected[1], rtol=0, atol=0)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     print(json.dumps(_checks()))
