@@ -190,8 +190,7 @@ def model_only(teacher, frames: torch.Tensor, batch_size: int, iters: int) -> fl
 
 def measure_models(args, specs: list[dict], images: torch.Tensor) -> dict:
     """Each teacher's model-only frames/s; a sam-clip spec gets its calibrated mask options written into it."""
-    from benchmarks.sam_clip import calibrate, configure
-    from sas_ray.models.weights import write_checkpoint
+    from benchmarks.sam_clip import calibrate, configure, shift_checkpoint
 
     rates = {}
     for spec in specs:
@@ -201,9 +200,8 @@ def measure_models(args, specs: list[dict], images: torch.Tensor) -> dict:
             options = calibrate(teacher.masks, images[:spec["batch_size"]].to(args.device), args.candidates,
                                 args.masks)
             configure(teacher.masks, options)
-            # the pipeline's actors load SAM from the checkpoint: write it with the calibrated IoU shift in
-            if "sam_weights" in spec["options"]:
-                write_checkpoint(teacher.masks.sam.state_dict(), spec["options"]["sam_weights"])
+            if "sam_weights" in spec["options"]:  # the pipeline's actors load SAM from it: the same shift there
+                shift_checkpoint(spec["options"]["sam_weights"], options["iou_shift"])
             spec["options"].update({k: options[k] for k in ("pred_iou_thresh", "stability_score_thresh",
                                                             "box_nms_thresh", "max_masks")})
         rates[spec["name"]] = model_only(teacher, images.to(args.device), spec["batch_size"],

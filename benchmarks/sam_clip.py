@@ -43,7 +43,7 @@ from benchmarks import emit  # noqa: E402
 from benchmarks.models import DTYPES, _peak_gb, _sync, guarded  # noqa: E402
 from sas_ray.models import build_teacher  # noqa: E402
 from sas_ray.models.sam_masks import MaskGenerator  # noqa: E402
-from sas_ray.models.weights import write_checkpoint  # noqa: E402
+from sas_ray.models.weights import read_checkpoint, write_checkpoint  # noqa: E402
 from sas_ray.reference import reference_sam_clip  # noqa: E402
 
 SIZES = {"scannet": (240, 320), "nuscenes": (450, 800)}
@@ -109,6 +109,15 @@ def shift_iou(gen: MaskGenerator, shift: float) -> None:
     bias = gen.sam.mask_decoder.iou_prediction_head.layers[-1].bias
     bias.data += shift - getattr(gen, "iou_shift", 0.0)
     gen.iou_shift = shift
+
+
+def shift_checkpoint(url: str, shift: float) -> None:
+    """Apply `shift_iou` to a SAM checkpoint file in place (for teachers that load it, e.g. extraction actors)."""
+    state = dict(read_checkpoint(url).state)
+    bias = max((k for k in state if k.startswith("mask_decoder.iou_prediction_head.layers.") and k.endswith(".bias")),
+               key=lambda k: int(k.split(".")[-2]))
+    state[bias] = state[bias] + shift
+    write_checkpoint(state, url)
 
 
 def configure(gen: MaskGenerator, options: dict) -> None:
