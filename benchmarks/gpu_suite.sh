@@ -2,6 +2,7 @@
 # The GPU measurements in docs/perf/, as run on the device machine (2 x H100), one part per call:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract   # carry .carry/base.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh mask      # base (+ alt.tar.xz: SAM 2, ...)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract-long  # base; ~9 min: start-up < 5%
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
@@ -28,6 +29,10 @@ case "${1:-}" in
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
+    ;;
+  extract-long)  # issue #21: the SAS pair end to end on 3,000 frames (start-up ~18 s of ~7 min)
+    step "${one[@]}" timeout 570 python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip \
+      --scenes 30 --frames 100 --out "$out/extract-sas-pair-long-$card.json"
     ;;
   mask)  # the mask teacher: stock vs device paths (ALT_FRAMES=2 and .carry/alt.tar.xz: the alternatives too)
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
@@ -91,7 +96,7 @@ case "${1:-}" in
     echo "exit $?"; tail -25 "$out/study-gpu.log"; cp /tmp/study-gpu/study.json "$out/study-gpu.json" 2>/dev/null
     ;;
   *)
-    echo "usage: gpu_suite.sh extract|mask|models|distill|extract4|distill4|profile|loader|study" >&2
+    echo "usage: gpu_suite.sh extract|extract-long|mask|models|distill|extract4|distill4|profile|loader|study" >&2
     exit 2
     ;;
 esac
