@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
 
     r = lambda *shape: torch.randn(*shape, device=dev, dtype=half)  # noqa: E731
     # add + layer norm over 256 channels, then + pe (the end of each two-way block)
-    norm = decoder.transformer.layers[0].norm4.to(half)
+    norm = copy.deepcopy(decoder.transformer.layers[0].norm4).to(half)
     residual, update, pe = r(n, 4096, 256), r(n, 4096, 256), r(1, 4096, 256)
     ref = F.layer_norm(residual.double() + update.double(), (256,), norm.weight.double(), norm.bias.double(), norm.eps)
     report("add_norm", "torch", lambda: (lambda y: (y, y + pe))(norm(residual + update)), ref)
@@ -79,13 +79,14 @@ def main(argv: list[str] | None = None) -> None:
                                                                                        keys[:8].double())
     torch_half = FastMaskDecoder(copy.deepcopy(decoder), dtype=half, triton=False)
     report("upscaling", "torch", lambda: torch_half._masks_torch(hyper, keys)[:8], ref)
+    default = kernels.BLOCK, kernels.NUM_WARPS
     for block in (16, 32):  # 64 and up: Triton 3.6's Hopper wgmma path faults on this kernel
         for warps in (2, 4):
             kernels.BLOCK, kernels.NUM_WARPS = block, warps
             report("upscaling", "triton", lambda: kernels.fused_mask_upscaling(keys, hyper, prompts, up1, unorm,
                                                                                up2)[:8], ref, block=block,
                    warps=warps)
-    kernels.BLOCK, kernels.NUM_WARPS = 16, 4
+    kernels.BLOCK, kernels.NUM_WARPS = default
     # the whole decoder forward over n prompts of one image (every prompt's masks computed)
     prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
                                    mask_in_chans=16).to(dev).eval()
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         sparse, dense = prompt_encoder(points=(torch.rand(n, 1, 2, device=dev) * 1024,
                                                torch.ones(n, 1, dtype=torch.int, device=dev)), boxes=None, masks=None)
         image, image_pe = torch.randn(1, 256, 64, 64, device=dev), prompt_encoder.get_dense_pe()
-        ref = copy.deepcopy(decoder).double()(image.double()[:, :, :, :], image_pe.double(), sparse.double()[:8],
+        ref = copy.deepcopy(decoder).double()(image.double(), image_pe.double(), sparse.double()[:8],
                                               dense.double()[:8], True)[0]
     for triton_on in (False, True):
         fast = FastMaskDecoder(copy.deepcopy(decoder), dtype=half, triton=triton_on)

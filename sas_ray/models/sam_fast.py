@@ -146,12 +146,10 @@ class FastMaskDecoder(torch.nn.Module):
             raise ValueError("FastMaskDecoder: one image per call and no mask prompts (use SAM's own decoder)")
         args = image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output, \
             skip_below
-        if not self.triton:
-            return self._forward(*args)
         try:
             return self._forward(*args)
         except Exception as err:  # noqa: BLE001  (a kernel that cannot build or launch here: PyTorch instead)
-            if isinstance(err, DEVICE_FAULTS):
+            if not self.triton or isinstance(err, DEVICE_FAULTS):
                 raise
             warnings.warn(f"FastMaskDecoder: its Triton kernels failed here ({type(err).__name__}: {err}); the "
                           "decoder runs in PyTorch from now on", RuntimeWarning, stacklevel=2)
