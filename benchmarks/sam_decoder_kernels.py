@@ -5,7 +5,7 @@ image tokens, 256 channels, 8 heads, 7 tokens a prompt), half precision, random 
   python -m benchmarks.sam_decoder_kernels --out docs/perf/sam-decoder-kernels-h100.jsonl
 
 One JSON line per (part, path): median ms (triton.testing.do_bench) and the normwise error against float64 on the
-same inputs. The upscaling is also timed at each block shape (the default is the fastest measured).
+same inputs. The upscaling and the few-key attention are also timed at each block shape.
 """
 
 from __future__ import annotations
@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> None:
                                  .transpose(1, 2).flatten(2))
     attn.out_proj.to(half)
     report("image_to_token", "torch (SDPA)", lambda: _attend(attn, q_in, k_in, v_in), ref)
-    report("image_to_token", "triton", lambda: attn.out_proj(kernels.few_key_attention(
-        attn.q_proj(q_in), attn.k_proj(k_in), attn.v_proj(v_in), 8)), ref)
+    default = kernels.ATTENTION_ROWS
+    for rows in (16, 32):
+        kernels.ATTENTION_ROWS = rows
+        report("image_to_token", "triton", lambda: attn.out_proj(kernels.few_key_attention(
+            attn.q_proj(q_in), attn.k_proj(k_in), attn.v_proj(v_in), 8)), ref, rows=rows)
+    kernels.ATTENTION_ROWS = default
     # the upscaling + hypernetwork product of every prompt
     up1, unorm, _, up2, _ = decoder.output_upscaling
     for param in unorm.parameters():

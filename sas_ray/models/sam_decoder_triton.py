@@ -6,9 +6,10 @@ memory traffic, and three patterns waste most of it in PyTorch:
   adds the positional encoding to the result: three passes (PyTorch's add, its layer norm kernel, which is slow on
   rows this short, and another add) become one kernel that writes the normed keys and keys + pe together;
 - `few_key_attention`: the image tokens attend to a prompt's 7 tokens (head dim 16): a flash kernel tiles 7 keys as
-  64 or 128 and needs the heads transposed out and back; here each program reads its rows of all heads once, takes
-  the 7-way softmax in registers and writes the output in the [tokens, heads * dim] layout the output projection
-  reads;
+  64 or 128 and needs the heads transposed out and back; here each program reads its rows of all heads once, and
+  all heads' scores and outputs are two matrix products with the keys and values laid out block diagonally (8 heads
+  x 8 key slots), the 7-way softmaxes in registers between them, the output written in the [tokens, heads * dim]
+  layout the output projection reads;
 - `fused_mask_upscaling`: the upscaling (2x2 stride-2 transposed convolution to C/4 channels, LayerNorm2d + GELU, a
   second one to C/8 channels + GELU) and the product with the prompt's hypernetwork vectors [M, C/8] write 6 MB a
   prompt in PyTorch; here one program carries a block of a prompt's input pixels through both convolutions (each a
@@ -39,7 +40,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # path faults on this kernel (an illegal address, a known Triton issue with several dots in one kernel)
 BLOCK = 16
 NUM_WARPS = 4
-ROWS = 32  # token rows per add_layer_norm / few_key_attention program
+ROWS = 32  # token rows per add_layer_norm program
+# token rows per few_key_attention program: 32 keeps its two matrix products on the mma path that the upscaling
+# kernel runs on (64 rows would take the wgmma path, see BLOCK)
+ATTENTION_ROWS = 32
 
 
 def available(x: torch.Tensor, *channels: int) -> bool:
@@ -70,9 +74,9 @@ def few_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     tokens = q.shape[1]
     out = q.new_empty(count, tokens, width)
     dim = width // heads
-    _few_key_kernel[(triton.cdiv(tokens, ROWS), count)](
+    _few_key_kernel[(triton.cdiv(tokens, ATTENTION_ROWS), count)](
         q, k, v, out, tokens, keys, tokens * width if q.shape[0] > 1 else 0, 1.0 / math.sqrt(dim),
-        H=heads, D=dim, T=triton.next_power_of_2(keys), ROWS=ROWS)
+        H=heads, D=dim, T=triton.next_power_of_2(keys), ROWS=ATTENTION_ROWS)
     return out
 
 
@@ -172,18 +176,18 @@ if triton is not None:
         prompt = tl.program_id(1).to(tl.int64)
         n = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
         n_ok = n < tokens
-        t, d = tl.arange(0, T), tl.arange(0, D)
-        t_ok = t < keys
-        q_base = q_ptr + prompt * q_stride
-        kv = prompt * keys * H * D + t[:, None] * (H * D) + d[None, :]
-        for h in tl.static_range(H):
-            q = tl.load(q_base + n[:, None] * (H * D) + h * D + d[None, :], mask=n_ok[:, None], other=0.0)
-            k = tl.load(k_ptr + kv + h * D, mask=t_ok[:, None], other=0.0)
-            v = tl.load(v_ptr + kv + h * D, mask=t_ok[:, None], other=0.0)
-            scores = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2) * scale
-            scores = tl.where(t_ok[None, :], scores, float("-inf"))
-            weights = tl.exp(scores - tl.max(scores, axis=1)[:, None])
-            weights = weights / tl.sum(weights, axis=1)[:, None]
-            o = tl.sum(weights[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
-            tl.store(out_ptr + prompt * tokens * H * D + n[:, None] * (H * D) + h * D + d[None, :],
-                     o.to(out_ptr.dtype.element_ty), mask=n_ok[:, None])
+        c, j = tl.arange(0, H * D), tl.arange(0, H * T)  # channel h * D + d; column h * T + key
+        q = tl.load(q_ptr + prompt * q_stride + n[:, None] * (H * D) + c[None, :], mask=n_ok[:, None], other=0.0)
+        # all heads in two matrix products: keys and values block diagonal, key t of head h in column h * T + t
+        key_ok = (j % T) < keys
+        first = prompt * keys * H * D
+        diag = ((c[:, None] // D) == (j[None, :] // T)) & key_ok[None, :]  # [H * D, H * T]
+        k = tl.load(k_ptr + first + (j % T)[None, :] * (H * D) + c[:, None], mask=diag, other=0.0)
+        v = tl.load(v_ptr + first + (j % T)[:, None] * (H * D) + c[None, :], mask=tl.trans(diag), other=0.0)
+        scores = tl.dot(q, k) * scale  # float32 [ROWS, H * T]
+        scores = tl.reshape(tl.where(key_ok[None, :], scores, float("-inf")), (ROWS, H, T))
+        weights = tl.exp(scores - tl.max(scores, axis=2)[:, :, None])
+        weights = tl.reshape(weights / tl.sum(weights, axis=2)[:, :, None], (ROWS, H * T))
+        o = tl.dot(weights.to(v.dtype), v)  # float32 [ROWS, H * D]
+        tl.store(out_ptr + prompt * tokens * H * D + n[:, None] * (H * D) + c[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=n_ok[:, None])
