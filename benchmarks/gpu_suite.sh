@@ -2,7 +2,7 @@
 # The GPU measurements in docs/perf/, as run on the device machine (2 x H100), one part per call:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract   # carry .carry/base.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh mask      # base (+ alt.tar.xz: SAM 2, ...)
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract-long  # base; ~9 min: start-up < 5%
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract-long  # base; ~8 min: start-up < 5%
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
@@ -30,9 +30,9 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     ;;
-  extract-long)  # issue #21: the SAS pair end to end on 3,000 frames (start-up ~18 s of ~7 min)
+  extract-long)  # issue #21: the SAS pair end to end on 2,400 frames (start-up ~18 s of ~7 min)
     step "${one[@]}" timeout 570 python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip \
-      --scenes 30 --frames 100 --out "$out/extract-sas-pair-long-$card.json"
+      --scenes 24 --frames 100 --out "$out/extract-sas-pair-long-$card.json"
     ;;
   mask)  # the mask teacher: stock vs device paths (ALT_FRAMES=2 and .carry/alt.tar.xz: the alternatives too)
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
