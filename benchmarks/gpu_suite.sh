@@ -6,7 +6,7 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~4 min)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~7 min)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study     # carry .carry/spconv.tar.xz (~10 min)
 # On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract4  # carry .carry/base.tar.xz
@@ -20,6 +20,7 @@ mkdir -p "$out"
 nvidia-smi -L
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oE 'H[0-9]+' | tr A-Z a-z)
 step() { echo "== $*"; "$@" 2>&1 | grep -E '^\{|Error|error|Traceback' | tail -8; }
+build_segmentator() { python3 setup.py build_ext --inplace 2>&1 | tail -1; }  # superpoints' C++ (not carried)
 one=(env CUDA_VISIBLE_DEVICES=0)
 case "${1:-}" in
   extract)
@@ -84,14 +85,18 @@ case "${1:-}" in
       --out "$out/distill-elastic-h100.jsonl"
     ;;
   loader)  # issue #22: the loader with the augmentation on the GPU; sas-ray distill end to end vs the step alone
-    step "${one[@]}" timeout 240 python3 benchmarks/distill_loader.py --device cuda --points 150000 --batch 8 \
+    build_segmentator
+    step "${one[@]}" timeout 200 python3 benchmarks/distill_loader.py --device cuda --points 150000 --batch 8 \
       --batches 6 --threads 8 --out "$out/distill-loader-gpu.jsonl"
-    step "${one[@]}" timeout 540 python3 benchmarks/distill_e2e.py --work /tmp/e2e --points 150000 --batch 8 \
-      --scenes 16 --steps 60 --warmup 10 --threads 8 --backend spconv --out "$out/distill-e2e.jsonl"
+    for threads in 8 14; do
+      step "${one[@]}" timeout 190 python3 benchmarks/distill_e2e.py --work /tmp/e2e-$threads --points 150000 --batch 8 \
+        --scenes 12 --steps 30 --warmup 6 --threads $threads --backend spconv --out "$out/distill-e2e-$card.jsonl"
+    done
     ;;
   study)  # issue #22: the SAS ablation with the student on the GPU (configs/study-gpu.yaml) -> $out/study-gpu.md
-    echo "== sas-ray study (timeout 1200 s)"
-    "${one[@]}" timeout 1200 python3 -m jobs.cli study --config configs/study-gpu.yaml --set output=/tmp/study-gpu \
+    build_segmentator
+    echo "== sas-ray study (timeout 570 s: one call)"
+    "${one[@]}" timeout 570 python3 -m jobs.cli study --config configs/study-gpu.yaml --set output=/tmp/study-gpu \
       --set report="$out/study-gpu.md" > "$out/study-gpu.log" 2>&1
     echo "exit $?"; tail -25 "$out/study-gpu.log"; cp /tmp/study-gpu/study.json "$out/study-gpu.json" 2>/dev/null
     ;;
