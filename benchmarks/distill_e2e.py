@@ -5,7 +5,8 @@
 2. `run_distill` stage 1 (Ray Train, one worker, the real loader: scenes read from local storage in the real
    layout, augmented and voxelized on the device, the loss subset's 512-d targets read by row) on --scenes synthetic
    ScanNet-size rooms (benchmarks/distill.py `synthetic_scene`), batch --batch, `prefetch` --threads.
-Steps/s of run 2 come from the wall-clock times `losses.json` records per step, after --warmup steps. Prints
+Steps/s of run 2 come from the wall-clock times `losses.json` records per step, after --warmup steps, and
+`loader_wait_share` from its per-step waits for the loader over the same steps. Prints
 progress lines, then one JSON line (also on failure, with "error"): both rates, their ratio, the loader's threads
 and the CPUs, so the ratio says whether the loader keeps the GPU busy.
 
@@ -111,6 +112,9 @@ def run(args, result: dict) -> None:
     times = curve["time"][args.warmup - 1:]
     result["e2e_steps_per_s"] = round((len(times) - 1) / (times[-1] - times[0]), 3)
     result["e2e_vs_prevoxelized"] = round(result["e2e_steps_per_s"] / result["prevoxelized_steps_per_s"], 3)
+    # the timed steps' share of wall time spent waiting for their batch: ~0 means the loader keeps up and the gap
+    # is contention (the loader threads' GIL and GPU work), not throughput
+    result["loader_wait_share"] = round(sum(curve["loader_wait"][args.warmup:]) / (times[-1] - times[0]), 3)
     log(f"end to end: {result['e2e_steps_per_s']} steps/s ({result['e2e_vs_prevoxelized']}x)")
 
 

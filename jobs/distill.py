@@ -166,9 +166,10 @@ def export_stage(cfg: DistillConfig, stage: str, result) -> tuple[dict, StoredOb
             with open(os.path.join(folder, name), "rb") as f:
                 stored[name] = out.put(name, f.read())
         progress = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    losses = progress["losses"]  # (step, loss, learning rate, unix time)
+    losses = progress["losses"]  # (step, loss, learning rate, unix time, seconds the step waited for its batch)
     out.write_json("losses.json", {"stage": stage, "steps": [e[0] for e in losses], "loss": [e[1] for e in losses],
                                    "lr": [e[2] for e in losses], "time": [e[3] for e in losses],
+                                   "loader_wait": [e[4] if len(e) > 4 else None for e in losses],  # older states: 4
                                    "consumed": progress["consumed"],
                                    "resumed_at": progress.get("resumed_at", []),
                                    "workers": progress.get("workers", [])})

@@ -207,7 +207,9 @@ def train_stage(run: StageRun) -> None:
             first, ahead = progress["step"], cfg.prefetch + 1
             pending = [pool.submit(load, first + i, b) for i, b in enumerate(batches[:ahead])]
             for i in range(len(batches)):
+                asked = time.perf_counter()
                 batch = pending.pop(0).result()
+                waited = time.perf_counter() - asked  # the step's wait for its batch: > 0 when loader-bound
                 if i + ahead < len(batches):
                     pending.append(pool.submit(load, first + i + ahead, batches[i + ahead]))
                 lr, loss = _step(run, batch, before + progress["consumed"], total, global_batch)
@@ -215,7 +217,7 @@ def train_stage(run: StageRun) -> None:
                 progress["consumed"] += global_batch
                 progress["epoch_step"] += 1
                 progress["epoch_consumed"] += global_batch
-                progress["losses"].append((progress["step"], loss, lr, time.time()))
+                progress["losses"].append((progress["step"], loss, lr, time.time(), waited))
                 done_here += 1
                 run.after_step(progress)
                 if progress["epoch_step"] == per_epoch:

@@ -34,6 +34,7 @@ def test_distill_two_stages_on_s3_resume_predict_evaluate(ray_session, s3_bucket
     assert (second.outputs["stage1 steps"], second.outputs["stage2 steps"]) == ("6", "2")
     curve = json.loads(store.read_bytes("distill/stage1/losses.json"))
     assert curve["steps"] == list(range(1, 7))  # one curve across both invocations: the step count continued
+    assert len(curve["loader_wait"]) == 6 and all(w >= 0.0 for w in curve["loader_wait"])  # seconds per step
     assert sum(curve["loss"][-2:]) < 0.8 * sum(curve["loss"][:2]), curve["loss"]
     assert sorted(n for n in store.list("distill/history")) == sorted(f"{s}.safetensors" for s in scenes)
     # stage 2 took over stage 1's optimizer through storage: Adam counts the 6 + 2 steps of one schedule
