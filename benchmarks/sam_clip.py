@@ -96,12 +96,19 @@ def calibrate(gen: MaskGenerator, frames: torch.Tensor, candidates: int, masks: 
     per_frame = len(scores) / len(frames)
     shift = SAM_IOU_THRESH - float(torch.quantile(scores.cpu(), max(0.0, 1 - candidates / per_frame)))
     shift_iou(gen, shift)
-    gen.pred_iou_thresh, gen.box_nms_thresh = SAM_IOU_THRESH, 0.7
+    gen.pred_iou_thresh = SAM_IOU_THRESH
+    # what the shift lets through (NMS still off): the candidates, and the prompts whose masks are upscaled (the
+    # decoder skips a prompt none of whose 3 candidates passes), which set the decoder's and the filters' work
+    passing = gen.generate(frames)
+    gen.box_nms_thresh = 0.7
     kept = [len(f) for f in gen.generate(frames)]
     nms = 0.7 if np.median(kept) >= masks / 2 else 1.0
     gen.pred_iou_thresh, gen.stability_score_thresh, gen.box_nms_thresh, gen.max_masks = saved
     return {"iou_shift": shift, "pred_iou_thresh": SAM_IOU_THRESH, "stability_score_thresh": 0.0,
-            "box_nms_thresh": nms, "max_masks": masks, "candidates_per_frame": per_frame, "after_nms_at_0.7": kept}
+            "box_nms_thresh": nms, "max_masks": masks, "candidates_per_frame": per_frame,
+            "passing_per_frame": [len(f) for f in passing],
+            "prompts_passing_per_frame": [len(torch.unique(f.points, dim=0)) for f in passing],
+            "after_nms_at_0.7": kept}
 
 
 def shift_iou(gen: MaskGenerator, shift: float) -> None:
