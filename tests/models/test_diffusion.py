@@ -62,7 +62,7 @@ def test_generation_is_seeded_and_capture_does_not_change_images(tiny, generated
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
     assert masks.shape == (2, 64, 64) and masks.dtype == bool and masks.any(axis=(1, 2)).all()
     again, _ = tiny.generate(["shower curtain"], [1])
-    np.testing.assert_array_equal(again[0], images[1])  # batching does not change an image
+    _assert_same_image(again[0], images[1])  # batching does not change an image (but for last-bit rounding)
     tiny.pipe.unet.set_attn_processor(AttnProcessor2_0())  # diffusers' own processors only
     plain = tiny.pipe(PROMPT.format("chair"), height=64, width=64, num_inference_steps=2, guidance_scale=7.0,
                       output_type="pt", generator=torch.Generator().manual_seed(0)).images
@@ -95,6 +95,19 @@ def test_diffusers_folder_round_trip(tmp_path, tiny, generated):
     (tmp_path / "sd" / "text_encoder").mkdir()
     torch.save(text_state, tmp_path / "sd" / "text_encoder" / "pytorch_model.bin")
     loaded = DiffusionGenerator(folder, arch="tiny", steps=2)
+    for name in ("unet", "vae", "text_encoder"):  # the round trip itself: every weight back, bit for bit
+        ref, got = getattr(pipe, name).state_dict(), getattr(loaded.pipe, name).state_dict()
+        assert ref.keys() == got.keys(), name
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name
     images, masks = loaded.generate(["chair"], [0])
-    np.testing.assert_array_equal(images[0], generated[0][0])
-    np.testing.assert_array_equal(masks[0], generated[1][0])
+    # one prompt here, two in `generated`: at another batch shape the CPU kernels may round a last bit differently,
+    # which moves a uint8 level or a mask pixel where a value sits on a rounding boundary (seen: 1 of 12,288 values,
+    # by 1); a wrong or missing weight changes most of them
+    _assert_same_image(images[0], generated[0][0])
+    assert (masks[0] != generated[1][0]).mean() < 1e-3
+
+
+def _assert_same_image(image: np.ndarray, expected: np.ndarray) -> None:
+    """uint8 images equal but for last-bit rounding: a level apart on fewer than 0.1% of the values."""
+    diff = np.abs(image.astype(int) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
