@@ -4,7 +4,8 @@
    GPU's rate when it never waits for data.
 2. `run_distill` stage 1 (Ray Train, one worker, the real loader: scenes read from local storage in the real
    layout, augmented and voxelized on the device, the loss subset's 512-d targets read by row) on --scenes synthetic
-   ScanNet-size rooms (benchmarks/distill.py `synthetic_scene`), batch --batch, `prefetch` --threads.
+   ScanNet-size rooms (benchmarks/distill.py `synthetic_scene`), batch --batch, `prefetch` --threads; with
+   --processes N, `loader_processes` N (batches built on the CPU in N processes, `prefetch` --threads each).
 Steps/s of run 2 come from the wall-clock times `losses.json` records per step, after --warmup steps, and
 `loader_wait_share` from its per-step waits for the loader over the same steps. Prints
 progress lines, then one JSON line (also on failure, with "error"): both rates, their ratio, the loader's threads
@@ -43,12 +44,14 @@ def main() -> None:
     parser.add_argument("--voxel", type=float, default=0.02)
     parser.add_argument("--steps", type=int, default=60, help="steps timed (after --warmup)")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=8, help="loader threads (`prefetch`)")
+    parser.add_argument("--threads", type=int, default=8, help="loader threads, or batches per process (`prefetch`)")
+    parser.add_argument("--processes", type=int, default=0, help="loader processes (`loader_processes`)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = {"benchmark": "distill_e2e", "points": args.points, "batch": args.batch, "scenes": args.scenes,
-              "dim": args.dim, "voxel": args.voxel, "loader_threads": args.threads, "cpus": os.cpu_count()}
+              "dim": args.dim, "voxel": args.voxel, "loader_threads": args.threads,
+              "loader_processes": args.processes, "cpus": os.cpu_count()}
     try:
         run(args, result)
     except Exception as err:  # noqa: BLE001  (the JSON line must come out whatever failed)
@@ -101,7 +104,8 @@ def run(args, result: dict) -> None:
     cfg = parse_config({"prepared": args.work, "output": args.work, "voxel_size": args.voxel,
                         "stage1": {"epochs": epochs, "max_steps": args.warmup + args.steps}, "stage2": {"epochs": 0},
                         "loop": 1, "batch_size": args.batch, "use_gpu": device.type == "cuda",
-                        "backend": args.backend, "prefetch": args.threads, "checkpoint_every": 10**6,
+                        "backend": args.backend, "prefetch": args.threads, "loader_processes": args.processes,
+                        "checkpoint_every": 10**6,
                         "progress": False}, DistillConfig)
     log(f"sas-ray distill: {args.warmup + args.steps} steps")
     start = time.perf_counter()
@@ -112,8 +116,8 @@ def run(args, result: dict) -> None:
     times = curve["time"][args.warmup - 1:]
     result["e2e_steps_per_s"] = round((len(times) - 1) / (times[-1] - times[0]), 3)
     result["e2e_vs_prevoxelized"] = round(result["e2e_steps_per_s"] / result["prevoxelized_steps_per_s"], 3)
-    # the timed steps' share of wall time spent waiting for their batch: ~0 means the loader keeps up and the gap
-    # is contention (the loader threads' GIL and GPU work), not throughput
+    # the timed steps' share of wall time spent waiting for their batch: ~0 means the loader keeps up and a gap
+    # is contention (loader threads' GIL and GPU work), not throughput
     result["loader_wait_share"] = round(sum(curve["loader_wait"][args.warmup:]) / (times[-1] - times[0]), 3)
     log(f"end to end: {result['e2e_steps_per_s']} steps/s ({result['e2e_vs_prevoxelized']}x)")
 

@@ -10,7 +10,8 @@ few base rooms with `--unique-views` rendered views each are replicated into `--
         --unique-views 2 --points 150000 --batch-size 4 --memory-10x      # peak memory at 1x and 10x scenes
 
 Reported: `pipeline_fps` = frames written per second from the job's start (Ray start included) to its end, every
-teacher having fused every frame; `startup_s` (until the first scene group came back) and its share of the run;
+teacher having fused every frame; `startup_s` (Ray's start, the actors' model loads, until the first scene group
+came back) and its share of the run, and each teacher's own first group (`first_output_s`);
 each teacher's model-only frames/s (teacher.encode on frames already on the device, same options and weights) and
 the pipeline's ratio to the slower one; the GPU-busy fraction over the run (NVML utilisation sampled every 0.2 s);
 peak PSS of the driver and Ray's processes. Random SAM weights keep no masks at SAM's thresholds, so `sam-clip` runs
@@ -219,6 +220,7 @@ def pipeline(args, prepared: Storage, work: str, specs: list[dict], tag: str) ->
     cfg = parse_config({"prepared": prepared.root_url, "output": f"{work}/out-{tag}", "teachers": specs,
                         "frames_per_task": args.frames_per_task, "progress": False}, ExtractConfig)
     frames = len(read_frame_index(prepared))
+    ray.shutdown()  # the dataset's preparation started Ray: the timed job starts its own, as a user's does
     busy = GpuBusy() if args.device == "cuda" else contextlib.nullcontext()
     with PeakMemory() as memory, busy:
         start = time.perf_counter()
@@ -230,6 +232,7 @@ def pipeline(args, prepared: Storage, work: str, specs: list[dict], tag: str) ->
     startup = min(r.first_output_seconds for r in reports)
     return {"frames": frames, "seconds": round(seconds, 1), "pipeline_fps": round(frames / seconds, 2),
             "startup_s": round(startup, 1), "startup_share": round(startup / seconds, 3),
+            "first_output_s": {r.stage: round(r.first_output_seconds, 1) for r in reports},
             "gpu_busy": getattr(busy, "mean", None), "peak_pss_gb": round(memory.peak / 1e9, 2)}
 
 

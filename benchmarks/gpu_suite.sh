@@ -6,7 +6,7 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~7 min)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~8 min)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study     # carry .carry/spconv.tar.xz (~7 min)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study-oracle  # next call, same machine (~3 min)
 # On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
@@ -40,7 +40,7 @@ case "${1:-}" in
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
     step "${one[@]}" timeout 470 python3 -m benchmarks.sam_clip --device cuda --dtype float16 --masks 100 \
       --candidates 400 --frames 16 --stock-frames 1 --alt-frames "${ALT_FRAMES:-0}" --breakdown --sizes "${SIZES:-scannet,nuscenes}" \
-      --variants device-fast,device-fast-no-triton,device-fast-compiled-encoder,device-fast-pool \
+      --variants device-fast,device-fast-no-triton,device-fast-compiled,device-fast-pool \
       --out "$out/sam-clip-$card.jsonl"
     ;;
   extract4)
@@ -85,13 +85,15 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 150 python3 -m benchmarks.distill_elastic --gpus 2 --work /tmp/elastic \
       --out "$out/distill-elastic-h100.jsonl"
     ;;
-  loader)  # issue #22: the loader with the augmentation on the GPU; sas-ray distill end to end vs the step alone
+  loader)  # issue #22: sas-ray distill end to end vs the step alone, loader threads vs loader processes
     build_segmentator
-    step "${one[@]}" timeout 200 python3 benchmarks/distill_loader.py --device cuda --points 150000 --batch 8 \
-      --batches 6 --threads 8 --out "$out/distill-loader-gpu.jsonl"
-    for threads in 8 14; do
-      step "${one[@]}" timeout 190 python3 benchmarks/distill_e2e.py --work /tmp/e2e-$threads --points 150000 --batch 8 \
-        --scenes 12 --steps 30 --warmup 6 --threads $threads --backend spconv --out "$out/distill-e2e-$card.jsonl"
+    step "${one[@]}" timeout 120 python3 benchmarks/distill_loader.py --device cpu --points 150000 --batch 8 \
+      --batches 4 --threads 8 --out "$out/distill-loader-cpu-$card.jsonl"  # CPU batches/s per core (processes)
+    for loader in "--threads 2 --processes 6" "--threads 8" "--threads 2 --processes 12"; do
+      tag=$(echo $loader | tr -dc 0-9)
+      step "${one[@]}" timeout 170 python3 benchmarks/distill_e2e.py --work /tmp/e2e-$tag --points 150000 --batch 8 \
+        --scenes 12 --steps 30 --warmup 6 $loader --backend spconv --out "$out/distill-e2e-$card.jsonl"
+      rm -rf /tmp/e2e-$tag
     done
     ;;
   study|study-oracle)  # issue #22: the SAS ablation, student on the GPU (configs/study-gpu.yaml) -> $out/study-gpu.md

@@ -336,7 +336,9 @@ class DistillConfig(Strict):
     max_failures: int = Field(3, ge=0)  # worker failures survived by restarting from the last checkpoint
     stop_after_steps: int | None = Field(None, ge=1)  # end this invocation after this many steps (time-boxed
     # runs: a checkpoint is written; rerun without it to continue)
-    prefetch: int = Field(2, ge=0)  # batches each worker loads ahead, in as many threads (at least one)
+    prefetch: int = Field(2, ge=0)  # batches loaded ahead: in as many threads (at least one), or per loader process
+    loader_processes: int = Field(0, ge=0)  # > 0: batches built on the CPU in this many processes per worker, not
+    # in threads on its device (no share of the step's GIL or GPU; `sas_ray.distill.loader`)
     seed: int = 114514  # SAS
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True

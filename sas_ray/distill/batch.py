@@ -6,7 +6,7 @@ the CPU and only the rows the stage-1 loss keeps are gathered there and copied t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -106,6 +106,16 @@ class Batch:
     def input_features(self) -> torch.Tensor:
         """The constant (1, 1, 1) per voxel: geometry-only input (`input_color: False`)."""
         return torch.ones(self.coords.shape[0], 3, device=self.coords.device)
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory (the DataLoader's pinning thread calls it), for asynchronous copies."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, fn) -> Batch:
+        return replace(self, **{k: fn(v) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
 
 
 def collate(scenes: list[VoxelizedScene], translate: torch.Generator | None, limit: int | None = None,

@@ -1,19 +1,20 @@
 """The distillation training loop as a library (docs/method.md §3, §5.7, §5.8): where a run's scenes come from
-(`SceneSource`), the batch loader that reads and voxelizes `prefetch` batches ahead of the step in threads, the
-per-step random generator, stage 2's history initialisation, and `train_stage`, the loop over epochs and steps.
+(`SceneSource`), a step's batch (`load_batch`: read, augmented, voxelized; built ahead of the step by
+`sas_ray.distill.loader`), the per-step random generator, stage 2's history initialisation, and `train_stage`, the
+loop over epochs and steps.
 
 `jobs/distill.py` wraps `train_stage` in a Ray Train worker (the DDP model, checkpoints through `ray.train.report`);
 tests and the study's oracle call it in-process. Every random draw is a function of (seed, rank, step), so a run
-resumed from a checkpoint continues exactly as an uninterrupted one would, whatever the number of loader threads.
+resumed from a checkpoint continues exactly as an uninterrupted one would, whatever its loader threads or processes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch
 from sas_ray.config import DistillConfig
 from sas_ray.distill.batch import Batch, SceneSample, collate, voxelize_scene
 from sas_ray.distill.history import PredictionHistory, scene_assignment, steps_per_epoch, superpoint_average
+from sas_ray.distill.loader import Plan, process_batches, thread_batches
 from sas_ray.distill.sparse import SparseBackend
 from sas_ray.distill.steps import learning_rate, optimizer_step, predict_points, stage1_step, stage2_step
 from sas_ray.errors import InputError
@@ -191,49 +193,54 @@ def train_stage(run: StageRun) -> None:
     def more() -> bool:
         return progress["consumed"] + global_batch <= planned and progress["step"] < stop
 
-    done_here = 0
+    if progress["epoch_step"] >= per_epoch:  # restored at more workers: what was left of the epoch is no full batch
+        progress["epoch"], progress["epoch_step"], progress["epoch_consumed"] = progress["epoch"] + 1, 0, 0
+    steps = min((planned - progress["consumed"]) // global_batch, stop - progress["step"],
+                cfg.stop_after_steps or stop)  # the invocation's steps: no batch is loaded that no step takes
     run.model.train()
-
-    def load(step: int, scene_ids: list[str]) -> Batch:
-        return load_batch(run.source, cfg, run.stage, run.voxel_size, run.seed, step, scene_ids, run.device)
-
-    # each batch's draws depend on its step only, so loading `prefetch` of them at once changes no result
-    with ThreadPoolExecutor(max_workers=max(1, cfg.prefetch)) as pool:
-        while more():
-            order = scene_assignment(run.scenes, progress["epoch"], run.rank, run.world, cfg.loop, cfg.seed)
-            steps_left = (planned - progress["consumed"]) // global_batch
-            batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                       for i in range(progress["epoch_step"], per_epoch)][:steps_left]
-            first, ahead = progress["step"], cfg.prefetch + 1
-            pending = [pool.submit(load, first + i, b) for i, b in enumerate(batches[:ahead])]
-            for i in range(len(batches)):
-                asked = time.perf_counter()
-                batch = pending.pop(0).result()
-                waited = time.perf_counter() - asked  # the step's wait for its batch: > 0 when loader-bound
-                if i + ahead < len(batches):
-                    pending.append(pool.submit(load, first + i + ahead, batches[i + ahead]))
-                lr, loss = _step(run, batch, before + progress["consumed"], total, global_batch)
-                progress["step"] += 1
-                progress["consumed"] += global_batch
-                progress["epoch_step"] += 1
-                progress["epoch_consumed"] += global_batch
-                progress["losses"].append((progress["step"], loss, lr, time.time(), waited))
-                done_here += 1
-                run.after_step(progress)
-                if progress["epoch_step"] == per_epoch:
-                    progress["epoch"], progress["epoch_step"], progress["epoch_consumed"] = progress["epoch"] + 1, 0, 0
-                progress["finished"] = not more()
-                interrupted = cfg.stop_after_steps is not None and done_here >= cfg.stop_after_steps
-                if progress["finished"] or interrupted or progress["step"] % cfg.checkpoint_every == 0:
-                    run.report(loss)
-                if progress["finished"] or interrupted:
-                    for future in pending:
-                        future.cancel()
-                    return
-            if progress["epoch_step"]:  # the epoch's last, partial batches are dropped (drop_last)
+    with closing(stage_batches(run, stage_plan(run, per_epoch, max(0, int(steps))))) as batches:
+        for done_here, (batch, waited) in enumerate(batches, start=1):
+            lr, loss = _step(run, batch, before + progress["consumed"], total, global_batch)
+            progress["step"] += 1
+            progress["consumed"] += global_batch
+            progress["epoch_step"] += 1
+            progress["epoch_consumed"] += global_batch
+            progress["losses"].append((progress["step"], loss, lr, time.time(), waited))  # waited > 0: loader-bound
+            run.after_step(progress)
+            if progress["epoch_step"] == per_epoch:
                 progress["epoch"], progress["epoch_step"], progress["epoch_consumed"] = progress["epoch"] + 1, 0, 0
+            progress["finished"] = not more()
+            interrupted = cfg.stop_after_steps is not None and done_here >= cfg.stop_after_steps
+            if progress["finished"] or interrupted or progress["step"] % cfg.checkpoint_every == 0:
+                run.report(loss)
+            if progress["finished"] or interrupted:
+                return
     progress["finished"] = True
     run.report(float("nan"))  # nothing left to do (a rerun of a finished stage): keep its checkpoint current
+
+
+def stage_plan(run: StageRun, per_epoch: int, steps: int) -> Plan:
+    """(step, scene ids) of the next `steps` batches, epoch after epoch from `run.progress`: each epoch's scenes
+    dealt to this worker (`scene_assignment`), cut into full batches (its last, partial one dropped)."""
+    cfg, progress = run.cfg, run.progress
+    plan, epoch, first = [], progress["epoch"], progress["epoch_step"]
+    while len(plan) < steps:
+        order = scene_assignment(run.scenes, epoch, run.rank, run.world, cfg.loop, cfg.seed)
+        for i in range(first, per_epoch)[:steps - len(plan)]:
+            plan.append((progress["step"] + len(plan), order[i * cfg.batch_size:(i + 1) * cfg.batch_size]))
+        epoch, first = epoch + 1, 0
+    return plan
+
+
+def stage_batches(run: StageRun, plan: Plan) -> Iterator[tuple[Batch, float]]:
+    """The planned batches on `run.device` with the seconds the step waited for each, from the loader `run.cfg`
+    chooses (`sas_ray.distill.loader`)."""
+    cfg, processes = run.cfg, run.cfg.loader_processes
+    load = partial(load_batch, run.source, cfg, run.stage, run.voxel_size, run.seed,
+                   device=torch.device("cpu") if processes else run.device)
+    if processes:
+        return process_batches(load, plan, processes, cfg.prefetch, run.device)
+    return thread_batches(load, plan, cfg.prefetch)
 
 
 def _step(run: StageRun, batch: Batch, consumed: int, total: int, global_batch: int) -> tuple[float, float]:

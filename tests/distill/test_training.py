@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sas_ray.config import DistillConfig
-from sas_ray.distill.history import PredictionHistory
+from sas_ray.distill.history import PredictionHistory, scene_assignment
 from sas_ray.distill.minkunet import MinkUNet18A
 from sas_ray.distill.sparse import TorchBackend
 from sas_ray.distill.steps import POLY_POWER
-from sas_ray.distill.training import SceneSource, StageRun, initialise_history, train_stage
+from sas_ray.distill.training import SceneSource, StageRun, initialise_history, stage_plan, train_stage
 from sas_ray.storage import Storage
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "jobs"))
@@ -54,3 +54,34 @@ def test_stage2_continues_stage1s_learning_rate_and_optimizer(dataset):
     expected = [0.01] + [0.01 * (1 - k / 10) ** POLY_POWER for k in range(1, 10)]
     assert lrs == pytest.approx(expected)
     assert (adam_steps, int(optimizer.state[next(iter(model.parameters()))]["step"])) == (6, 10)
+
+
+def test_loader_processes_give_the_threads_batches_and_a_stop_loads_no_more(dataset):
+    """Stage 1 through 2 spawned loader processes (batches built on the CPU, handed over in shared memory) trains
+    the same model bit for bit as through loader threads; an invocation cut by `stop_after_steps` plans only its
+    steps."""
+    root, scenes = dataset
+    results = []
+    for processes in (0, 2):
+        cfg = DistillConfig(prepared=root.url(), output=root.url(), stage1={"epochs": 2}, stage2={"epochs": 0},
+                            loop=2, batch_size=1, backend="torch", text_encoder=TINY_TEXT, checkpoint_every=1000,
+                            prefetch=2, loader_processes=processes)
+        torch.manual_seed(0)
+        model = MinkUNet18A(3, 32)
+        run = _run(root, scenes, cfg, "stage1", model, torch.optim.Adam(model.parameters()), [])
+        train_stage(run)
+        results.append(([e[:3] for e in run.progress["losses"]], model.state_dict()))
+    (losses, state), (losses_p, state_p) = results
+    assert len(losses) == 8 and losses_p == losses  # 2 epochs x 2 scenes x loop 2, batch 1
+    assert all(torch.equal(state[k], state_p[k]) for k in state)
+
+    cfg = cfg.model_copy(update={"stop_after_steps": 3})
+    model = MinkUNet18A(3, 32)
+    run = _run(root, scenes, cfg, "stage1", model, torch.optim.Adam(model.parameters()), [])
+    planned = []
+    run.after_step = lambda progress: planned.append(progress["step"])
+    train_stage(run)
+    assert planned == [1, 2, 3] and not run.progress["finished"]
+    orders = [scene_assignment(scenes, epoch, 0, 1, 2, cfg.seed) for epoch in range(4)]  # 4 steps an epoch
+    visits = (orders[0][3:] + orders[1] + orders[2] + orders[3])[:10]  # from epoch 0's 4th step on
+    assert stage_plan(run, 4, 10) == [(3 + i, [scene]) for i, scene in enumerate(visits)]
