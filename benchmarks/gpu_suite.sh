@@ -40,7 +40,7 @@ case "${1:-}" in
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
     step "${one[@]}" timeout 470 python3 -m benchmarks.sam_clip --device cuda --dtype float16 --masks 100 \
       --candidates 400 --frames 16 --stock-frames 1 --alt-frames "${ALT_FRAMES:-0}" --breakdown --sizes "${SIZES:-scannet,nuscenes}" \
-      --variants device-fast,device-fast-no-triton,device-fast-compiled,device-fast-pool \
+      --variants device-fast,device-fast-no-triton,device-fast-compiled-encoder,device-fast-pool \
       --out "$out/sam-clip-$card.jsonl"
     ;;
   extract4)
@@ -85,11 +85,12 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 150 python3 -m benchmarks.distill_elastic --gpus 2 --work /tmp/elastic \
       --out "$out/distill-elastic-h100.jsonl"
     ;;
-  loader)  # issue #22: sas-ray distill end to end vs the step alone, loader threads vs loader processes
+  loader)  # issue #22: sas-ray distill end to end vs the step alone, loader processes vs loader threads
     build_segmentator
-    step "${one[@]}" timeout 120 python3 benchmarks/distill_loader.py --device cpu --points 150000 --batch 8 \
-      --batches 4 --threads 8 --out "$out/distill-loader-cpu-$card.jsonl"  # CPU batches/s per core (processes)
-    for loader in "--threads 2 --processes 6" "--threads 8" "--threads 2 --processes 12"; do
+    step "${one[@]}" timeout 90 python3 benchmarks/distill_loader.py --device cpu --points 150000 --batch 8 \
+      --batches 2 --threads 8 --out "$out/distill-loader-cpu-$card.jsonl"  # CPU batches/s per core (processes)
+    IFS='|' read -ra loaders <<< "${LOADERS:---threads 2 --processes 6|--threads 8}"
+    for loader in "${loaders[@]}"; do
       tag=$(echo $loader | tr -dc 0-9)
       step "${one[@]}" timeout 170 python3 benchmarks/distill_e2e.py --work /tmp/e2e-$tag --points 150000 --batch 8 \
         --scenes 12 --steps 30 --warmup 6 $loader --backend spconv --out "$out/distill-e2e-$card.jsonl"

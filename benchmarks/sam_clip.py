@@ -17,8 +17,7 @@ Every variant of the SAM ViT-H path runs those same options:
   default);
 - device-fast-no-triton: device-fast with the decoder in PyTorch throughout (FastMaskDecoder before its kernels);
 - device-fast-ppb1024: device-fast with the whole 32x32 prompt grid in one decoder call (points_per_batch 1024);
-- device-fast-compiled: device-fast with SAM's image encoder and the CLIP crop pass under torch.compile
-  (`compile_mode: default`);
+- device-fast-compiled-encoder: device-fast with SAM's image encoder under torch.compile (`compile_mode: default`);
 - device-fast-pool: `region: pool`, dense MaskCLIP features averaged in each mask instead of crops;
 plus `equivalence`: the device generator against SamAutomaticMaskGenerator in float32 (same masks?), and the
 installable alternatives (their own automatic generators, random weights, at the same IoU quantile).
@@ -403,8 +402,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "device-fast-no-triton" in variants:
             models["device-fast-no-triton"] = teacher(ckpt, device, dtype, fast=True)
             models["device-fast-no-triton"].masks.decoder.triton = False
-        if "device-fast-compiled" in variants:  # compiled at its first (warm-up) call
-            models["device-fast-compiled"] = teacher(ckpt, device, dtype, fast=True, compile_mode="default")
+        if "device-fast-compiled-encoder" in variants:  # compiled at its first (warm-up) call
+            models["device-fast-compiled-encoder"] = teacher(ckpt, device, dtype, fast=True, compile_mode="default")
         if "device-fast-ppb1024" in variants:
             models["device-fast-ppb1024"] = teacher(ckpt, device, dtype, fast=True, points_per_batch=1024)
         emit({"bench": "sam-clip", "variant": "load", "teachers": len(models),

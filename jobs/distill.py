@@ -8,8 +8,9 @@ Stage 1 (superpoint distillation) then stage 2 (EMA self-distillation), each one
 - Checkpoints every `checkpoint_every` steps to {output}/distill/train/{stage}/ (local or s3://; Ray Train's
   storage). Rerunning the same command restores the run of the same name and continues at its step.
 - Data: each worker reads its own scenes from storage (`scene_assignment`: an epoch's scenes are partitioned across
-  workers) in `prefetch` loader threads, as many batches ahead of the GPU; augmentation and voxelization run on the
-  GPU, and only the loss subset's target rows are read (`sas_ray.distill.training`).
+  workers), `prefetch` batches ahead of the step, in `loader_processes` CPU processes (the default on a GPU) or in
+  threads that augment and voxelize on its device; only the loss subset's target rows are read
+  (`sas_ray.distill.loader`, `sas_ray.distill.training`).
 - Stage 2 keeps the EMA history per scene under {output}/distill/history/; a scene is written only by its owner.
 The final model of each stage is exported to {output}/distill/{stage}/model.safetensors (`sas-ray predict` reads
 it), and its loss curve to {output}/distill/{stage}/losses.json. {output}/distill/manifest.parquet has a row per

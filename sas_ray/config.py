@@ -337,8 +337,8 @@ class DistillConfig(Strict):
     stop_after_steps: int | None = Field(None, ge=1)  # end this invocation after this many steps (time-boxed
     # runs: a checkpoint is written; rerun without it to continue)
     prefetch: int = Field(2, ge=0)  # batches loaded ahead: in as many threads (at least one), or per loader process
-    loader_processes: int = Field(0, ge=0)  # > 0: batches built on the CPU in this many processes per worker, not
-    # in threads on its device (no share of the step's GIL or GPU; `sas_ray.distill.loader`)
+    loader_processes: int | None = Field(None, ge=0)  # > 0: batches built on the CPU in this many processes per
+    # worker; 0: in threads on its device; None: 6 on a GPU, 0 on the CPU (`sas_ray.distill.loader`)
     seed: int = 114514  # SAS
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True

@@ -18,12 +18,14 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import stat as stat_module
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 
 import fsspec
@@ -531,6 +533,36 @@ def load_tensors(blob: bytes, source: str) -> dict[str, torch.Tensor]:
     try:
         return st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as err:
+        raise InputError(f"{source}: not a valid safetensors file: {err}") from None
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def tensor_views(blob: bytes, source: str) -> dict[str, torch.Tensor]:
+    """`load_tensors` without a copy: read-only views into `blob` (which they keep alive), for a reader that only
+    copies out of them (a state dict loaded into a model: a checkpoint's GBs are not duplicated first)."""
+    try:
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + n])
+        views, start = {}, 8 + n
+        with warnings.catch_warnings():  # torch warns that a view of bytes must not be written: it is not
+            warnings.simplefilter("ignore", UserWarning)
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], [int(d) for d in entry["shape"]]
+                first, last = (int(x) for x in entry["data_offsets"])
+                count = math.prod(shape)
+                if not 0 <= first <= last <= len(blob) - start or last - first != count * dtype.itemsize:
+                    raise ValueError(f"{key}: offsets {first}..{last} do not hold {entry['dtype']} {shape} "
+                                     f"in {len(blob) - start} data bytes")
+                views[key] = (torch.frombuffer(blob, dtype=dtype, count=count, offset=start + first).reshape(shape)
+                              if count else torch.empty(shape, dtype=dtype))
+        return views
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"{source}: not a valid safetensors file: {err}") from None
 
 

@@ -22,7 +22,7 @@ import torch
 from sas_ray.config import DistillConfig
 from sas_ray.distill.batch import Batch, SceneSample, collate, voxelize_scene
 from sas_ray.distill.history import PredictionHistory, scene_assignment, steps_per_epoch, superpoint_average
-from sas_ray.distill.loader import Plan, process_batches, thread_batches
+from sas_ray.distill.loader import GPU_LOADER_PROCESSES, Plan, process_batches, thread_batches
 from sas_ray.distill.sparse import SparseBackend
 from sas_ray.distill.steps import learning_rate, optimizer_step, predict_points, stage1_step, stage2_step
 from sas_ray.errors import InputError
@@ -236,6 +236,8 @@ def stage_batches(run: StageRun, plan: Plan) -> Iterator[tuple[Batch, float]]:
     """The planned batches on `run.device` with the seconds the step waited for each, from the loader `run.cfg`
     chooses (`sas_ray.distill.loader`)."""
     cfg, processes = run.cfg, run.cfg.loader_processes
+    if processes is None:
+        processes = GPU_LOADER_PROCESSES if run.device.type == "cuda" else 0
     load = partial(load_batch, run.source, cfg, run.stage, run.voxel_size, run.seed,
                    device=torch.device("cpu") if processes else run.device)
     if processes:

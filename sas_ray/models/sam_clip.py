@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from sas_ray.errors import ConfigError
 from sas_ray.models.base import Resources, Teacher, frames_to_float, register_teacher
 from sas_ray.models.clip_model import load_clip
-from sas_ray.models.openclip_dense_fast import CompiledChunks
 from sas_ray.models.region_crops import masked_square_crops
 from sas_ray.models.sam import load_sam
 from sas_ray.models.sam_fast import FastImageEncoder, FastMaskDecoder
@@ -46,8 +45,8 @@ class SamClip(Teacher):
         tiny model uses 4 points a side and no quality filter, as its random masks never pass SAM's thresholds.
         `max_masks` keeps a frame's K best masks after NMS. `crop_batch` bounds the crops per CLIP forward. `fast`
         (default: on CUDA) runs SAM's image encoder through `FastImageEncoder` and its decoder through
-        `FastMaskDecoder`, both in `dtype`; `compile_mode` (fast path only) compiles the image encoder and the CLIP
-        crop pass (in chunks of `crop_batch` crops: one shape, the remainder eager)."""
+        `FastMaskDecoder`, both in `dtype`; `compile_mode` (fast path only) compiles the image encoder (the CLIP
+        crop pass is matrix products that compiling did not speed up: docs/perf/README.md)."""
         super().__init__(device, dtype)
         if region not in REGIONS:
             raise ConfigError(f"sam-clip: unknown region {region!r}; known: {REGIONS}")
@@ -56,12 +55,10 @@ class SamClip(Teacher):
         sam = load_sam(sam_arch, sam_weights, tiny=tiny, device=self.device, storage_options=storage_options,
                        seed=seed)
         decoder = None
-        self._embed_crops = self.clip.model.encode_image
         if fast or (fast is None and self.device.type == "cuda"):
             sam.image_encoder = FastImageEncoder(sam.image_encoder, dtype=dtype, rel_pos="fold")
             if compile_mode is not None:
                 sam.image_encoder.compile(mode=compile_mode)
-                self._embed_crops = CompiledChunks.compile(self.clip.model.encode_image, compile_mode)
             decoder = FastMaskDecoder(sam.mask_decoder, dtype=dtype)
         elif compile_mode is not None:
             raise ConfigError("sam-clip: compile_mode applies to the fast path (fast=True)")
@@ -110,7 +107,7 @@ class SamClip(Teacher):
             crops = masked_square_crops(frames, frame_index[part], masks[part], boxes[part], self.clip.image_size,
                                         mean)
             batch = self.clip.normalize(crops).to(self.dtype)
-            embeddings.append(F.normalize(self._embed_crops(batch).float(), dim=-1))
+            embeddings.append(F.normalize(self.clip.model.encode_image(batch).float(), dim=-1))
         return list(torch.cat(embeddings).split(counts))
 
     def _pooled(self, images: torch.Tensor, found: list[FrameMasks]) -> list[torch.Tensor]:

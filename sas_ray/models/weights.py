@@ -17,14 +17,15 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from sas_ray.errors import InputError, StorageError
-from sas_ray.storage import Storage, filesystem, load_tensors, retrying, tensor_metadata
+from sas_ray.storage import Storage, filesystem, retrying, tensor_metadata, tensor_views
 
 _WRAPPER_KEYS = ("state_dict", "model", "module")  # training checkpoints nest the weights under one of these
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint's tensors, where they came from, and a content id (first 12 hex of its sha256)."""
+    """A checkpoint's tensors (read-only: safetensors ones are views of the file's bytes), where they came from,
+    and a content id (first 12 hex of its sha256)."""
 
     state: dict[str, torch.Tensor]
     source: str
@@ -53,8 +54,8 @@ def parse_checkpoint(blob: bytes, source: str) -> Checkpoint:
     sha = hashlib.sha256(blob).hexdigest()
     if blob[:4] == b"PK\x03\x04" or blob[:1] == b"\x80":  # torch.save zip archive / legacy pickle protocol 2+
         return Checkpoint(_torch_state(blob, source), source, sha)
-    if len(blob) >= 10 and blob[8:9] == b"{":  # safetensors: u64 header length then a JSON header
-        return Checkpoint(load_tensors(blob, f"checkpoint {source}"), source, sha,
+    if len(blob) >= 10 and blob[8:9] == b"{":  # safetensors: u64 header length then a JSON header; tensors are
+        return Checkpoint(tensor_views(blob, f"checkpoint {source}"), source, sha,  # views of the bytes (no copy)
                           tensor_metadata(blob, f"checkpoint {source}"))
     raise InputError(f"checkpoint {source}: neither safetensors nor a torch checkpoint "
                      f"(first bytes {blob[:8]!r}, {len(blob)} bytes); is the file truncated or of another format?")

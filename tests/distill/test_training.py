@@ -85,3 +85,14 @@ def test_loader_processes_give_the_threads_batches_and_a_stop_loads_no_more(data
     orders = [scene_assignment(scenes, epoch, 0, 1, 2, cfg.seed) for epoch in range(4)]  # 4 steps an epoch
     visits = (orders[0][3:] + orders[1] + orders[2] + orders[3])[:10]  # from epoch 0's 4th step on
     assert stage_plan(run, 4, 10) == [(3 + i, [scene]) for i, scene in enumerate(visits)]
+
+
+def test_a_loader_process_error_names_the_scene(dataset):
+    """A scene that cannot be read fails the stage with an error naming it, raised where the step asks for it."""
+    root, scenes = dataset
+    cfg = DistillConfig(prepared=root.url(), output=root.url(), stage1={"epochs": 1}, stage2={"epochs": 0}, loop=1,
+                        batch_size=1, backend="torch", text_encoder=TINY_TEXT, loader_processes=1)
+    model = MinkUNet18A(3, 32)
+    run = _run(root, [*scenes, "scene9999_00"], cfg, "stage1", model, torch.optim.Adam(model.parameters()), [])
+    with pytest.raises(FileNotFoundError, match="scene9999_00"):  # the type the worker raised
+        train_stage(run)

@@ -85,3 +85,31 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"small.safetensors does not fit Linear: 1 missing.*1 unexpected.*"
                                          r"1 shape mismatches.*weight: \(3, 5\) vs \(3, 4\)"):
         load_into(torch.nn.Linear(4, 3), read_checkpoint(url))
+
+
+def test_safetensors_checkpoints_are_views_equal_to_safetensors_own_load():
+    """Checkpoint tensors are views of the file's bytes (no copy of a checkpoint's GBs), equal to what safetensors
+    itself loads, every dtype and an empty tensor; a header whose offsets overrun the data is refused."""
+    import json
+
+    from safetensors.torch import load, save
+
+    g = torch.Generator().manual_seed(0)
+    state = {"f32": torch.randn(3, 5, generator=g), "f16": torch.randn(7, generator=g).half(),
+             "bf16": torch.randn(2, 2, generator=g).bfloat16(), "i64": torch.arange(-4, 5),
+             "u8": torch.arange(9, dtype=torch.uint8), "flag": torch.tensor([True, False, True]),
+             "none": torch.zeros(0, 4)}
+    blob = save(state)
+    ours, theirs = parse_checkpoint(blob, "ckpt.safetensors").state, load(blob)
+    assert ours.keys() == theirs.keys()
+    for key, tensor in theirs.items():
+        assert ours[key].dtype == tensor.dtype and torch.equal(ours[key], tensor), key
+    assert ours["f32"].untyped_storage().data_ptr() != theirs["f32"].untyped_storage().data_ptr()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["f32"]["data_offsets"][1] += 4  # one float more than the shape holds
+    bad = json.dumps(header, separators=(",", ":")).encode()
+    assert len(bad) <= n  # the header keeps its length (safetensors pads it with spaces)
+    bad = bad.ljust(n)
+    with pytest.raises(InputError, match="ckpt.safetensors: not a valid safetensors file: f32: offsets"):
+        parse_checkpoint(blob[:8] + bad + blob[8 + n:], "ckpt.safetensors")
