@@ -336,9 +336,10 @@ class DistillConfig(Strict):
     max_failures: int = Field(3, ge=0)  # worker failures survived by restarting from the last checkpoint
     stop_after_steps: int | None = Field(None, ge=1)  # end this invocation after this many steps (time-boxed
     # runs: a checkpoint is written; rerun without it to continue)
-    prefetch: int = Field(2, ge=0)  # batches loaded ahead: in as many threads (at least one), or per loader process
-    loader_processes: int | None = Field(None, ge=0)  # > 0: batches built on the CPU in this many processes per
-    # worker; 0: in threads on its device; None: 6 on a GPU, 0 on the CPU (`sas_ray.distill.loader`)
+    prefetch: int = Field(2, ge=0)  # batches each worker loads ahead: in as many threads (at least one), or per
+    # loader process
+    loader_processes: int | None = Field(None, ge=0)  # > 0: each worker builds its batches on the CPU in this many
+    # processes; 0: in threads, on its device; null: 6 on a GPU, 0 on the CPU (`sas_ray.distill.loader`)
     seed: int = 114514  # SAS
     storage: StorageConfig = Field(default_factory=StorageConfig)
     progress: bool = True
