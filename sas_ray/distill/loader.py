@@ -1,8 +1,8 @@
 """A training stage's batches in step order, built ahead of the step, in one of two places (`loader_processes`):
 
 - `thread_batches` (0 processes): `prefetch` threads of the training process build each batch on the training
-  device, their kernels on a stream of their own; cheap on CPU, but the threads share the training process's GIL
-  and GPU with the step;
+  device, their kernels on a stream of their own; nothing to start, but the threads share the training process's
+  GIL and GPU with the step;
 - `process_batches` (N processes): N spawned worker processes (a torch DataLoader) build each batch on the CPU and
   hand it over in shared memory, a thread of the training process pins it and the step copies it to the device:
   the step's process only launches kernels.
