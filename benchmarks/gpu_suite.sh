@@ -7,7 +7,8 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~8 min)
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study     # carry .carry/spconv.tar.xz (~7 min)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study     # carry .carry/spconv.tar.xz (> 9.5 min
+#     on an H100 in session 8: cut off after both students' stage 1; a second `study` call resumes it)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study-oracle  # next call, same machine (~3 min)
 # On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract4  # carry .carry/base.tar.xz
@@ -98,8 +99,8 @@ case "${1:-}" in
     done
     ;;
   study|study-oracle)  # issue #22: the SAS ablation, student on the GPU (configs/study-gpu.yaml) -> $out/study-gpu.md
-    # `study` (~7 min) leaves the oracle out to fit one call; `study-oracle`, the next call on the same warm machine,
-    # adds it: the stage jobs resume, skipping the units /tmp/study-gpu already holds
+    # `study` leaves the oracle out; `study-oracle`, a later call on the same warm machine, adds it: the stage jobs
+    # resume, skipping the units /tmp/study-gpu already holds (so does a second `study` call after a timeout)
     build_segmentator
     oracle=$([ "$1" = study-oracle ] && echo true || echo false)
     echo "== sas-ray study, oracle $oracle (timeout 570 s)"
