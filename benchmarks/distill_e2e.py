@@ -4,8 +4,9 @@
    GPU's rate when it never waits for data.
 2. `run_distill` stage 1 (Ray Train, one worker, the real loader: scenes read from local storage in the real
    layout, augmented and voxelized on the device, the loss subset's 512-d targets read by row) on --scenes synthetic
-   ScanNet-size rooms (benchmarks/distill.py `synthetic_scene`), batch --batch, `prefetch` --threads; with
-   --processes N, `loader_processes` N (batches built on the CPU in N processes, `prefetch` --threads each).
+   ScanNet-size rooms (benchmarks/distill.py `synthetic_scene`), batch --batch, `prefetch` --threads, and
+   `loader_processes` --processes (0: the batches built in --threads threads on the device; N: on the CPU in N
+   processes, --threads ahead each; unset: the job's default).
 Steps/s of run 2 come from the wall-clock times `losses.json` records per step, after --warmup steps, and
 `loader_wait_share` from its per-step waits for the loader over the same steps. Prints
 progress lines, then one JSON line (also on failure, with "error"): both rates, their ratio, the loader's threads
@@ -45,7 +46,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="steps timed (after --warmup)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=8, help="loader threads, or batches per process (`prefetch`)")
-    parser.add_argument("--processes", type=int, default=0, help="loader processes (`loader_processes`)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="loader processes (`loader_processes`; default: the job's, 6 on a GPU, threads on the CPU)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -90,7 +90,7 @@ case "${1:-}" in
     build_segmentator
     step "${one[@]}" timeout 90 python3 benchmarks/distill_loader.py --device cpu --points 150000 --batch 8 \
       --batches 2 --threads 8 --out "$out/distill-loader-cpu-$card.jsonl"  # CPU batches/s per core (processes)
-    IFS='|' read -ra loaders <<< "${LOADERS:---threads 2 --processes 6|--threads 8}"
+    IFS="|" read -ra loaders <<< "${LOADERS:---threads 2 --processes 6|--threads 8 --processes 0}"
     for loader in "${loaders[@]}"; do
       tag=$(echo $loader | tr -dc 0-9)
       step "${one[@]}" timeout 170 python3 benchmarks/distill_e2e.py --work /tmp/e2e-$tag --points 150000 --batch 8 \
