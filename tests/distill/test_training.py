@@ -12,7 +12,9 @@ from sas_ray.distill.history import PredictionHistory, scene_assignment
 from sas_ray.distill.minkunet import MinkUNet18A
 from sas_ray.distill.sparse import TorchBackend
 from sas_ray.distill.steps import POLY_POWER
-from sas_ray.distill.training import SceneSource, StageRun, initialise_history, stage_plan, train_stage
+from sas_ray.distill import training
+from sas_ray.distill.training import (SceneSource, StageRun, initialise_history, load_batch, stage_plan,
+                                        train_stage)
 from sas_ray.storage import Storage
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "jobs"))
@@ -56,10 +58,9 @@ def test_stage2_continues_stage1s_learning_rate_and_optimizer(dataset):
     assert (adam_steps, int(optimizer.state[next(iter(model.parameters()))]["step"])) == (6, 10)
 
 
-def test_loader_processes_give_the_threads_batches_and_a_stop_loads_no_more(dataset):
+def test_loader_processes_give_the_threads_batches(dataset):
     """Stage 1 through 2 spawned loader processes (batches built on the CPU, handed over in shared memory) trains
-    the same model bit for bit as through loader threads; an invocation cut by `stop_after_steps` plans only its
-    steps."""
+    the same model bit for bit as through loader threads."""
     root, scenes = dataset
     results = []
     for processes in (0, 2):
@@ -75,14 +76,35 @@ def test_loader_processes_give_the_threads_batches_and_a_stop_loads_no_more(data
     assert len(losses) == 8 and losses_p == losses  # 2 epochs x 2 scenes x loop 2, batch 1
     assert all(torch.equal(state[k], state_p[k]) for k in state)
 
-    cfg = cfg.model_copy(update={"stop_after_steps": 3})
+
+def test_the_loader_runs_ahead_across_epochs_and_a_stop_loads_no_more(dataset, monkeypatch):
+    """With one-step epochs, step 2's batch is asked for before step 1 ends (the loader used to run ahead within an
+    epoch only, so each epoch's first batch was loaded while the step waited); an invocation cut by
+    `stop_after_steps` loads its own steps' batches and no more."""
+    root, scenes = dataset
+    events = []
+
+    def counted(*args, **kwargs):
+        events.append(f"load {args[5]}")  # (source, cfg, stage, voxel_size, seed, step, scene_ids)
+        return load_batch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "load_batch", counted)
+    settings = dict(prepared=root.url(), output=root.url(), stage2={"epochs": 0}, backend="torch",
+                    text_encoder=TINY_TEXT, checkpoint_every=1000, prefetch=2, loader_processes=0)
+    cfg = DistillConfig(**settings, stage1={"epochs": 3}, loop=1, batch_size=2)  # 2 scenes: one step an epoch
     model = MinkUNet18A(3, 32)
     run = _run(root, scenes, cfg, "stage1", model, torch.optim.Adam(model.parameters()), [])
-    planned = []
-    run.after_step = lambda progress: planned.append(progress["step"])
+    run.after_step = lambda progress: events.append(f"step {progress['step']}")
     train_stage(run)
-    assert planned == [1, 2, 3] and not run.progress["finished"]
-    orders = [scene_assignment(scenes, epoch, 0, 1, 2, cfg.seed) for epoch in range(4)]  # 4 steps an epoch
+    assert events.index("load 1") < events.index("step 1"), events  # the 2nd epoch's batch, during the 1st step
+
+    events.clear()
+    cfg = DistillConfig(**settings, stage1={"epochs": 2}, loop=2, batch_size=1, stop_after_steps=3)  # 4 an epoch
+    run = _run(root, scenes, cfg, "stage1", model, torch.optim.Adam(model.parameters()), [])
+    train_stage(run)
+    assert sorted(e for e in events if e.startswith("load")) == ["load 0", "load 1", "load 2"]
+    assert run.progress["step"] == 3 and not run.progress["finished"]
+    orders = [scene_assignment(scenes, epoch, 0, 1, 2, cfg.seed) for epoch in range(4)]
     visits = (orders[0][3:] + orders[1] + orders[2] + orders[3])[:10]  # from epoch 0's 4th step on
     assert stage_plan(run, 4, 10) == [(3 + i, [scene]) for i, scene in enumerate(visits)]
 
