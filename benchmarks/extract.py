@@ -10,8 +10,10 @@ few base rooms with `--unique-views` rendered views each are replicated into `--
         --unique-views 2 --points 150000 --batch-size 4 --memory-10x      # peak memory at 1x and 10x scenes
 
 Reported: `pipeline_fps` = frames written per second from the job's start (Ray start included) to its end, every
-teacher having fused every frame; `startup_s` (Ray's start, the actors' model loads, until the first scene group
-came back) and its share of the run, and each teacher's own first group (`first_output_s`);
+teacher having fused every frame; `startup_s`, the fixed cost, and its share of the run: the run's seconds outside
+the stage of the teacher that finished last (Ray's start, planning) plus that stage's seconds before its actor
+began the work of its first result (model loads, scheduling; the first group's own compute, up to
+`--frames-per-task` frames, is work, not start-up); each teacher's first result's arrival (`first_output_s`);
 each teacher's model-only frames/s (teacher.encode on frames already on the device, same options and weights) and
 the pipeline's ratio to the slower one; the GPU-busy fraction over the run (NVML utilisation sampled every 0.2 s);
 peak PSS of the driver and Ray's processes. Random SAM weights keep no masks at SAM's thresholds, so `sam-clip` runs
@@ -229,7 +231,8 @@ def pipeline(args, prepared: Storage, work: str, specs: list[dict], tag: str) ->
     ray.shutdown()
     for report in reports:
         assert report.failed == 0, report.summary()
-    startup = min(r.first_output_seconds for r in reports)
+    last = max(reports, key=lambda r: r.seconds)  # the teacher that sets the run's length
+    startup = seconds - last.seconds + last.first_work_seconds
     return {"frames": frames, "seconds": round(seconds, 1), "pipeline_fps": round(frames / seconds, 2),
             "startup_s": round(startup, 1), "startup_share": round(startup / seconds, 3),
             "first_output_s": {r.stage: round(r.first_output_seconds, 1) for r in reports},

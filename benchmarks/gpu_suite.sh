@@ -35,7 +35,7 @@ case "${1:-}" in
     ;;
   extract-long)  # issue #21: the SAS pair end to end on 2,400 frames (start-up ~18 s of ~7 min)
     step "${one[@]}" timeout 570 python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip \
-      --scenes 24 --frames 100 --out "$out/extract-sas-pair-long-$card.json"
+      --scenes "${SCENES:-24}" --frames 100 --out "$out/extract-sas-pair-long-$card.json"
     ;;
   mask)  # the mask teacher: stock vs device paths (ALT_FRAMES=2 and .carry/alt.tar.xz: the alternatives too)
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"

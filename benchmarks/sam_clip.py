@@ -237,19 +237,18 @@ def breakdown(model, frames: torch.Tensor, batch: int, device: torch.device) -> 
         return wrapper
 
     gen, clip = model.masks, model.clip.model
-    saved = gen.embed, gen.decoder, gen._decode, gen._frame_masks, clip.encode_image, model._crops
-    gen.embed, gen.decoder, gen._decode = timed("encoder", gen.embed), timed("decoder", gen.decoder), \
-        timed("decode+filters", gen._decode)
+    saved = gen.embed, gen._decode, gen._upsample, gen._frame_masks, clip.encode_image, model._crops
+    gen.embed, gen._decode, gen._upsample = timed("encoder", gen.embed), timed("decoder", gen._decode), \
+        timed("upsample", gen._upsample)
     gen._frame_masks = timed("masks per frame", gen._frame_masks)
     clip.encode_image, model._crops = timed("clip forward", clip.encode_image), timed("regions", model._crops)
     encode = timed("encode", model.encode)
     for i in range(0, len(frames), batch):
         encode(frames[i:i + batch])
-    gen.embed, gen.decoder, gen._decode, gen._frame_masks, clip.encode_image, model._crops = saved
+    gen.embed, gen._decode, gen._upsample, gen._frame_masks, clip.encode_image, model._crops = saved
     ms = {k: 1000 * v / len(frames) for k, v in spent.items()}
-    return {"encoder": ms["encoder"], "decoder": ms["decoder"],
-            "upsample+filters": ms["decode+filters"] - ms["decoder"],
-            "nms+select": ms["masks per frame"] - ms["decode+filters"],
+    return {"encoder": ms["encoder"], "decoder": ms["decoder"], "upsample+stability": ms["upsample"],
+            "filters+nms": ms["masks per frame"] - ms["decoder"] - ms["upsample"],
             "crop weights+crops": ms.get("regions", 0.0) - ms.get("clip forward", 0.0),
             "clip forward": ms.get("clip forward", 0.0),
             "paint+rest": ms["encode"] - ms["encoder"] - ms["masks per frame"] - ms.get("regions", 0.0),
@@ -262,8 +261,11 @@ def top_kernels(model, frames: torch.Tensor, count: int = 15) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
         model.encode(frames)
         torch.cuda.synchronize()
+        wall = time.perf_counter() - start
 
     def top(events, shapes: bool, rows: int):
         events = sorted(events, key=lambda e: e.device_time_total, reverse=True)[:rows]
@@ -273,7 +275,10 @@ def top_kernels(model, frames: torch.Tensor, count: int = 15) -> dict:
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     ops = [e for e in prof.key_averages(group_by_input_shape=True)
            if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("aten::")]
-    return {"kernels": top(kernels, False, count), "ops": top(ops, True, 2 * count)}
+    busy = sum(e.device_time_total for e in kernels) / 1e6 / wall  # kernels may overlap: an upper bound
+    return {"kernels": top(kernels, False, count), "ops": top(ops, True, 2 * count),
+            "kernel_ms_per_frame": sum(e.device_time_total for e in kernels) / 1000 / len(frames),
+            "wall_ms_per_frame_profiled": 1000 * wall / len(frames), "device_busy": round(busy, 3)}
 
 
 def pool_vs_crop(model, frames: torch.Tensor) -> dict:

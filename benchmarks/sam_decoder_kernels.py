@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     up1, unorm, _, up2, _ = decoder.output_upscaling
     for param in unorm.parameters():
         param.data.normal_(0, 0.3)
-    keys, hyper, prompts = r(n, 64, 64, 256), r(n, 3, 32), torch.arange(n, device=dev)
+    keys, hyper = r(n, 64, 64, 256), r(n, 3, 32)
     ref = FastMaskDecoder(copy.deepcopy(decoder).double(), triton=False)._masks_torch(hyper[:8].double(),
                                                                                        keys[:8].double())
     torch_half = FastMaskDecoder(copy.deepcopy(decoder), dtype=half, triton=False)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     for block in (16, 32):  # 64 and up: Triton 3.6's Hopper wgmma path faults on this kernel
         for warps in (2, 4):
             kernels.BLOCK, kernels.NUM_WARPS = block, warps
-            report("upscaling", "triton", lambda: kernels.fused_mask_upscaling(keys, hyper, prompts, up1, unorm,
+            report("upscaling", "triton", lambda: kernels.fused_mask_upscaling(keys, hyper, None, up1, unorm,
                                                                                up2)[:8], ref, block=block,
                    warps=warps)
     kernels.BLOCK, kernels.NUM_WARPS = default

@@ -240,6 +240,7 @@ class _TeacherRun:
                 for row in self.dataset().iter_rows():
                     if not self.report.first_output_seconds:
                         self.report.first_output_seconds = time.perf_counter() - start
+                        self.report.first_work_seconds = self.report.first_output_seconds - float(row["seconds"])
                     self.progress.update(int(row["num_frames"]))
                     finished = self.merger.add(row)
                     if finished:

@@ -80,10 +80,11 @@ def few_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return out
 
 
-def fused_mask_upscaling(keys: torch.Tensor, hyper: torch.Tensor, prompts: torch.Tensor,
+def fused_mask_upscaling(keys: torch.Tensor, hyper: torch.Tensor, wanted: torch.Tensor | None,
                          up1: torch.nn.ConvTranspose2d, norm: torch.nn.Module, up2: torch.nn.ConvTranspose2d,
                          ) -> torch.Tensor:
-    """Mask logits [P, M, 4h, 4w] (keys' dtype) of the prompts listed in `prompts` (int [K]), zero for the rest.
+    """Mask logits [P, M, 4h, 4w] (keys' dtype) of the prompts where `wanted` (bool [P]; None: all) holds, zero for
+    the rest. The flags are read on the device (a program of an unwanted prompt returns at once): no host sync.
 
     keys: every prompt's image tokens [P, h, w, C] after the two-way transformer; hyper: [P, M, C/8] the
     hypernetwork outputs of the mask tokens wanted; `up1`, `norm` (LayerNorm2d), `up2` the decoder's upscaling
@@ -101,13 +102,13 @@ def fused_mask_upscaling(keys: torch.Tensor, hyper: torch.Tensor, prompts: torch
     for t in range(4):
         blocks[:, t, :, t, :masks_per_prompt] = hyper.transpose(1, 2)
     out = keys.new_zeros(count, masks_per_prompt, 4 * height, 4 * width)
-    prompts = prompts.to(device=keys.device, dtype=torch.int32).contiguous()
-    if len(prompts):
+    wanted = keys.new_ones(count, dtype=torch.int8) if wanted is None else wanted.to(keys.device, torch.int8)
+    if count:
         f32 = [t.detach().float().contiguous() for t in (up1.bias, norm.weight, norm.bias)]
         bias2 = up2.bias.detach().float().repeat(4).contiguous()
-        grid = (triton.cdiv(height * width, BLOCK), len(prompts))
+        grid = (triton.cdiv(height * width, BLOCK), count)
         _upscale_kernel[grid](keys, w1, f32[0], f32[1], f32[2], w2, bias2, blocks.flatten(1, 2).flatten(2),
-                              prompts, out, height * width, width, masks_per_prompt, float(norm.eps),
+                              wanted.contiguous(), out, height * width, width, masks_per_prompt, float(norm.eps),
                               C=channels, C1=up1.out_channels, C2=c2, MP=cols, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out
 
@@ -118,10 +119,12 @@ if triton is not None:
         return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
 
     @triton.jit
-    def _upscale_kernel(x_ptr, w1_ptr, b1_ptr, g_ptr, beta_ptr, w2_ptr, b2_ptr, h_ptr, prompt_ptr, out_ptr,
+    def _upscale_kernel(x_ptr, w1_ptr, b1_ptr, g_ptr, beta_ptr, w2_ptr, b2_ptr, h_ptr, wanted_ptr, out_ptr,
                         pixels, width, masks, eps,
                         C: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
-        prompt = tl.load(prompt_ptr + tl.program_id(1)).to(tl.int64)
+        prompt = tl.program_id(1).to(tl.int64)
+        if tl.load(wanted_ptr + prompt) == 0:
+            return
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         row_ok = rows < pixels
         cin, c1, c2x4, mpx4 = tl.arange(0, C), tl.arange(0, C1), tl.arange(0, 4 * C2), tl.arange(0, 4 * MP)

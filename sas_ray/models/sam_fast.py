@@ -180,11 +180,11 @@ class FastMaskDecoder(torch.nn.Module):
         """Mask logits [P, M, 4h, 4w] from the hypernetwork outputs of the chosen mask tokens [P, M, C/8] and the
         image tokens [P, h, w, C]; prompts where `wanted` (bool [P]) is False are left zero."""
         up1, norm, _, up2, _ = self.decoder.output_upscaling
-        prompts = torch.arange(len(keys), device=keys.device) if wanted is None else wanted.nonzero()[:, 0]
         if self.triton and available(keys, up1.in_channels, up1.out_channels, up2.out_channels):
-            return fused_mask_upscaling(keys, hyper, prompts, up1, norm, up2)
-        if len(prompts) == len(keys):
+            return fused_mask_upscaling(keys, hyper, wanted, up1, norm, up2)
+        if wanted is None:
             return self._masks_torch(hyper, keys)
+        prompts = wanted.nonzero()[:, 0]
         masks = keys.new_zeros(len(keys), hyper.shape[1], 4 * keys.shape[1], 4 * keys.shape[2])
         return masks.index_copy_(0, prompts, self._masks_torch(hyper[prompts], keys[prompts]))
 

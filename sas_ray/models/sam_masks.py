@@ -101,20 +101,31 @@ class MaskGenerator:
 
     def _frame_masks(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor,
                      frame_size: tuple[int, int]) -> FrameMasks:
-        kept = []
-        for start in range(0, len(coords), self.points_per_batch):
-            kept.append(self._decode(embedding, coords[start:start + self.points_per_batch],
-                                     points[start:start + self.points_per_batch], frame_size))
-        masks, scores, stability, boxes, prompt_points = (torch.cat(parts) for parts in zip(*kept))
-        keep = batched_nms(boxes.float(), scores.float(), torch.zeros_like(scores),
-                           iou_threshold=self.box_nms_thresh)
+        """One frame's prompts through the decoder in chunks, then the filters and NMS over all its candidates: the
+        host waits on the device three times a frame (the two filters' counts and NMS), not once per chunk."""
+        decoded = [self._decode(embedding, coords[start:start + self.points_per_batch])
+                   for start in range(0, len(coords), self.points_per_batch)]
+        low_res, scores = (torch.cat(parts) for parts in zip(*decoded))  # [N, 256, 256], [N] for N candidates
+        prompt = torch.arange(len(coords), device=self.device).repeat_interleave(len(scores) // len(coords))
+        keep = torch.arange(len(scores), device=self.device)
+        if self.pred_iou_thresh > 0.0:
+            keep = keep[scores > self.pred_iou_thresh]
+        masks, stability = self._upsample(low_res, keep, frame_size)
+        if self.stability_score_thresh > 0.0:
+            stable = stability >= self.stability_score_thresh
+            keep, masks, stability = keep[stable], masks[stable], stability[stable]
+        boxes = batched_mask_to_box(masks)
+        order = batched_nms(boxes.float(), scores[keep].float(), torch.zeros_like(keep),
+                            iou_threshold=self.box_nms_thresh)
         if self.max_masks is not None:
-            keep = keep[:self.max_masks]  # nms returns decreasing scores
-        return FrameMasks(masks[keep], scores[keep], stability[keep], boxes[keep], prompt_points[keep])
+            order = order[:self.max_masks]  # nms returns decreasing scores
+        keep = keep[order]
+        return FrameMasks(masks[order], scores[keep], stability[order], boxes[order], points[prompt[keep]])
 
-    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor,
-                frame_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        """One chunk of prompts through the decoder and segment_anything's filters -> the surviving candidates."""
+    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of prompts through the decoder -> low-resolution logits [3n, 256, 256] and predicted IoUs [3n]
+        (a prompt's outputs consecutive); with `FastMaskDecoder`, prompts none of whose outputs pass the IoU filter
+        get zero logits (not computed)."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         skip = {"skip_below": self.pred_iou_thresh} if self._skips and self.pred_iou_thresh > 0.0 else {}
         with sam_autocast(self.device, self.dtype):
@@ -122,22 +133,22 @@ class MaskGenerator:
             low_res, iou = self.decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                         multimask_output=True, **skip)
-        outputs = low_res.shape[1]
-        scores = iou.flatten()
-        prompt = torch.arange(len(coords), device=self.device).repeat_interleave(outputs)
-        keep = torch.arange(len(scores), device=self.device)
-        if self.pred_iou_thresh > 0.0:
-            keep = keep[scores > self.pred_iou_thresh]
+        return low_res.flatten(0, 1), iou.flatten()
+
+    def _upsample(self, low_res: torch.Tensor, keep: torch.Tensor, frame_size: tuple[int, int],
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks bool [S, H, W] and stability scores [S] of the candidates `keep` (int [S]) at the frame's size, a
+        bounded number of float32 logit maps at a time."""
         input_size = self.transform.get_preprocess_shape(*frame_size, self.transform.target_length)
         up_rows, up_cols = logit_upsampling(low_res.shape[-1], self.sam.image_encoder.img_size, input_size,
                                             frame_size, self.device)
-        logits = up_rows @ low_res.flatten(0, 1)[keep].float() @ up_cols.T  # [S, H, W]
-        stability = calculate_stability_score(logits, self.sam.mask_threshold, self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            stable = stability >= self.stability_score_thresh
-            keep, logits, stability = keep[stable], logits[stable], stability[stable]
-        masks = logits > self.sam.mask_threshold
-        return masks, scores[keep], stability, batched_mask_to_box(masks), points[prompt[keep]]
+        masks, stability = [], []
+        step = 3 * self.points_per_batch
+        for part in keep.split(step) if len(keep) else [keep]:
+            logits = up_rows @ low_res[part].float() @ up_cols.T  # [s, H, W]
+            stability.append(calculate_stability_score(logits, self.sam.mask_threshold, self.stability_score_offset))
+            masks.append(logits > self.sam.mask_threshold)
+        return torch.cat(masks), torch.cat(stability)
 
 
 def resize_like_pil(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
