@@ -74,6 +74,14 @@ def main(argv: list[str] | None = None) -> None:
         report("image_to_token", "triton", lambda: attn.out_proj(kernels.few_key_attention(
             attn.q_proj(q_in), attn.k_proj(k_in), attn.v_proj(v_in), 8)), ref, rows=rows)
     kernels.ATTENTION_ROWS = default
+    # the whole closing image side of a block (attention, output projection, residual, norm, + pe): three kernels
+    # and a matrix product vs one kernel
+    ref = F.layer_norm(residual.double() + ref, (256,), norm.weight.double(), norm.bias.double(), norm.eps)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    report("image_side", "triton, 3 kernels", lambda: kernels.add_layer_norm(
+        residual, attn.out_proj(kernels.few_key_attention(q, k, v, 8)), norm, pe), ref)
+    report("image_side", "triton, fused", lambda: kernels.attend_add_norm(q, k, v, 8, attn.out_proj, residual,
+                                                                          norm, pe), ref)
     # the upscaling + hypernetwork product of every prompt
     up1, unorm, _, up2, _ = decoder.output_upscaling
     for param in unorm.parameters():
@@ -100,10 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         image, image_pe = torch.randn(1, 256, 64, 64, device=dev), prompt_encoder.get_dense_pe()
         ref = copy.deepcopy(decoder).double()(image.double(), image_pe.double(), sparse.double()[:8],
                                               dense.double()[:8], True)[0]
-    for triton_on in (False, True):
+    for path, triton_on, fused in (("torch", False, False), ("triton", True, False), ("triton, fused", True, True)):
         fast = FastMaskDecoder(copy.deepcopy(decoder), dtype=half, triton=triton_on)
-        report("decoder", "triton" if triton_on else "torch",
-               lambda: fast(image, image_pe, sparse, dense, True)[0][:8], ref)
+        fast.fused = fused
+        report("decoder", path, lambda: fast(image, image_pe, sparse, dense, True)[0][:8], ref)
 
 
 if __name__ == "__main__":

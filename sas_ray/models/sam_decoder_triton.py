@@ -80,6 +80,28 @@ def few_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return out
 
 
+def attend_add_norm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, out_proj: torch.nn.Linear,
+                    residual: torch.Tensor, norm: torch.nn.LayerNorm, pe: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-way block's image side in one pass: (y, y + pe) with y = norm(residual + out_proj(a)) and a the image
+    tokens' few-key attention (`few_key_attention`'s q, k, v, heads). residual [P or 1, N, C], pe [1, N, C]; all
+    contiguous in one half dtype. The attention output and its projection stay in registers (float32 projection, no
+    half rounding of the update before the norm)."""
+    count, keys, width = k.shape
+    tokens, channels = q.shape[1], out_proj.out_features
+    out = q.new_empty(count, tokens, channels)
+    out_pe = torch.empty_like(out)
+    dim = width // heads
+    weight = out_proj.weight.detach().t().to(q.dtype).contiguous()  # [H * D, C]
+    f32 = [t.detach().float().contiguous() for t in (out_proj.bias, norm.weight, norm.bias)]
+    _attend_add_norm_kernel[(triton.cdiv(tokens, ATTENTION_ROWS), count)](
+        q, k, v, weight, f32[0], residual, f32[1], f32[2], pe, out, out_pe, tokens, keys,
+        tokens * width if q.shape[0] > 1 else 0, tokens * channels if residual.shape[0] > 1 else 0,
+        1.0 / math.sqrt(dim), float(norm.eps), H=heads, D=dim, T=triton.next_power_of_2(keys), C=channels,
+        ROWS=ATTENTION_ROWS)
+    return out, out_pe
+
+
 def fused_mask_upscaling(keys: torch.Tensor, hyper: torch.Tensor, wanted: torch.Tensor | None,
                          up1: torch.nn.ConvTranspose2d, norm: torch.nn.Module, up2: torch.nn.ConvTranspose2d,
                          ) -> torch.Tensor:
@@ -174,23 +196,55 @@ if triton is not None:
         tl.store(out_pe_ptr + r64 * C + c, (y + pe).to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
+    def _few_key_rows(q_ptr, k_ptr, v_ptr, n, n_ok, keys, scale, H: tl.constexpr, D: tl.constexpr,
+                      T: tl.constexpr, ROWS: tl.constexpr):
+        """float32 [rows, H * D]: rows n of one prompt's queries (q_ptr at the prompt's first row) attending to its
+        `keys` tokens (k_ptr, v_ptr at its first token), all heads side by side."""
+        c, j = tl.arange(0, H * D), tl.arange(0, H * T)  # channel h * D + d; column h * T + key
+        q = tl.load(q_ptr + n[:, None] * (H * D) + c[None, :], mask=n_ok[:, None], other=0.0)
+        # all heads in two matrix products: keys and values block diagonal, key t of head h in column h * T + t
+        key_ok = (j % T) < keys
+        diag = ((c[:, None] // D) == (j[None, :] // T)) & key_ok[None, :]  # [H * D, H * T]
+        k = tl.load(k_ptr + (j % T)[None, :] * (H * D) + c[:, None], mask=diag, other=0.0)
+        v = tl.load(v_ptr + (j % T)[:, None] * (H * D) + c[None, :], mask=tl.trans(diag), other=0.0)
+        scores = tl.dot(q, k) * scale  # float32 [rows, H * T]
+        scores = tl.reshape(tl.where(key_ok[None, :], scores, float("-inf")), (ROWS, H, T))
+        weights = tl.exp(scores - tl.max(scores, axis=2)[:, :, None])
+        weights = tl.reshape(weights / tl.sum(weights, axis=2)[:, :, None], (ROWS, H * T))
+        return tl.dot(weights.to(v.dtype), v)
+
+    @triton.jit
     def _few_key_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tokens, keys, q_stride, scale,
                         H: tl.constexpr, D: tl.constexpr, T: tl.constexpr, ROWS: tl.constexpr):
         prompt = tl.program_id(1).to(tl.int64)
         n = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
         n_ok = n < tokens
-        c, j = tl.arange(0, H * D), tl.arange(0, H * T)  # channel h * D + d; column h * T + key
-        q = tl.load(q_ptr + prompt * q_stride + n[:, None] * (H * D) + c[None, :], mask=n_ok[:, None], other=0.0)
-        # all heads in two matrix products: keys and values block diagonal, key t of head h in column h * T + t
-        key_ok = (j % T) < keys
         first = prompt * keys * H * D
-        diag = ((c[:, None] // D) == (j[None, :] // T)) & key_ok[None, :]  # [H * D, H * T]
-        k = tl.load(k_ptr + first + (j % T)[None, :] * (H * D) + c[:, None], mask=diag, other=0.0)
-        v = tl.load(v_ptr + first + (j % T)[:, None] * (H * D) + c[None, :], mask=tl.trans(diag), other=0.0)
-        scores = tl.dot(q, k) * scale  # float32 [ROWS, H * T]
-        scores = tl.reshape(tl.where(key_ok[None, :], scores, float("-inf")), (ROWS, H, T))
-        weights = tl.exp(scores - tl.max(scores, axis=2)[:, :, None])
-        weights = tl.reshape(weights / tl.sum(weights, axis=2)[:, :, None], (ROWS, H * T))
-        o = tl.dot(weights.to(v.dtype), v)  # float32 [ROWS, H * D]
+        o = _few_key_rows(q_ptr + prompt * q_stride, k_ptr + first, v_ptr + first, n, n_ok, keys, scale, H, D, T, ROWS)
+        c = tl.arange(0, H * D)
         tl.store(out_ptr + prompt * tokens * H * D + n[:, None] * (H * D) + c[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=n_ok[:, None])
+
+    @triton.jit
+    def _attend_add_norm_kernel(q_ptr, k_ptr, v_ptr, wo_ptr, bo_ptr, res_ptr, w_ptr, b_ptr, pe_ptr, out_ptr,
+                                out_pe_ptr, tokens, keys, q_stride, res_stride, scale, eps, H: tl.constexpr,
+                                D: tl.constexpr, T: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr):
+        prompt = tl.program_id(1).to(tl.int64)
+        n = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+        n_ok = n < tokens
+        first = prompt * keys * H * D
+        o = _few_key_rows(q_ptr + prompt * q_stride, k_ptr + first, v_ptr + first, n, n_ok, keys, scale, H, D, T, ROWS)
+        hd, c = tl.arange(0, H * D), tl.arange(0, C)
+        wo = tl.load(wo_ptr + hd[:, None] * C + c[None, :])  # [H * D, C]
+        x = tl.dot(o.to(wo.dtype), wo) + tl.load(bo_ptr + c)[None, :]  # float32 [ROWS, C]
+        x += tl.load(res_ptr + prompt * res_stride + n[:, None] * C + c[None, :], mask=n_ok[:, None],
+                     other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        centred = x - mean[:, None]
+        var = tl.sum(centred * centred, axis=1) / C
+        y = centred * tl.rsqrt(var + eps)[:, None] * tl.load(w_ptr + c)[None, :] + tl.load(b_ptr + c)[None, :]
+        y = y.to(out_ptr.dtype.element_ty)
+        at = prompt * tokens * C + n[:, None] * C + c[None, :]
+        tl.store(out_ptr + at, y, mask=n_ok[:, None])
+        pe = tl.load(pe_ptr + n[:, None] * C + c[None, :], mask=n_ok[:, None], other=0.0)
+        tl.store(out_pe_ptr + at, (y + pe).to(out_ptr.dtype.element_ty), mask=n_ok[:, None])

@@ -34,7 +34,8 @@ from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_p
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 from sas_ray.errors import ConfigError
-from sas_ray.models.sam_decoder_triton import add_layer_norm, available, few_key_attention, fused_mask_upscaling
+from sas_ray.models.sam_decoder_triton import (add_layer_norm, attend_add_norm, available, few_key_attention,
+                                               fused_mask_upscaling)
 
 REL_POS_MODES = ("mask", "fold")
 # errors that leave the device unusable or are not the kernels' doing: never answered by the PyTorch fallback
@@ -134,6 +135,7 @@ class FastMaskDecoder(torch.nn.Module):
                               "the first block only)")
         self.decoder = decoder.to(dtype=dtype)  # in place: the same Parameters
         self.triton = triton  # the kernels of sam_decoder_triton where they apply (else PyTorch throughout)
+        self.fused = True  # a block's image-side attention, projection and norm as one kernel (False: three)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
@@ -205,8 +207,8 @@ class FastMaskDecoder(torch.nn.Module):
         queries = first.norm2(queries + _attend_shared_image(first.cross_attn_token_to_image, queries + tokens,
                                                              image_keys, src))
         queries = first.norm3(queries + first.mlp(queries))
-        update = self._image_to_token(first.cross_attn_image_to_token, image_keys, queries + tokens, queries)
-        keys, keys_pe = self._add_norm(first.norm4, src, update, pos)
+        keys, keys_pe = self._image_update(first.cross_attn_image_to_token, first.norm4, image_keys, queries + tokens,
+                                           queries, src, pos)
         for layer in rest:
             queries, keys, keys_pe = self._block(layer, queries, keys, keys_pe, tokens, pos)
         attn_out = _attend(transformer.final_attn_token_to_image, queries + tokens, keys_pe, keys)
@@ -219,9 +221,18 @@ class FastMaskDecoder(torch.nn.Module):
         q = queries + query_pe
         queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, keys_pe, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
-        update = self._image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
-        keys, keys_pe = self._add_norm(layer.norm4, keys, update, key_pe)
+        keys, keys_pe = self._image_update(layer.cross_attn_image_to_token, layer.norm4, keys_pe, queries + query_pe,
+                                           queries, keys, key_pe)
         return queries, keys, keys_pe
+
+    def _image_update(self, attn: Attention, norm: torch.nn.LayerNorm, q, k, v, residual, pe):
+        """A block's closing image side: (keys, keys + pe) with keys = norm(residual + attn(q, k, v)), the image
+        tokens q [P or 1, N, C] attending to each prompt's few tokens k, v [P, T, C]; residual and pe may be one
+        image's [1, N, C]."""
+        if self.fused and self.triton and available(q, attn.internal_dim // attn.num_heads, q.shape[-1]):
+            return attend_add_norm(attn.q_proj(q), attn.k_proj(k), attn.v_proj(v), attn.num_heads, attn.out_proj,
+                                   residual.contiguous(), norm, pe.contiguous())
+        return self._add_norm(norm, residual, self._image_to_token(attn, q, k, v), pe)
 
     def _image_to_token(self, attn: Attention, q, k, v) -> torch.Tensor:
         """Attention of the image tokens q [P or 1, N, C] to each prompt's few tokens k, v [P, T, C]."""

@@ -71,6 +71,13 @@ def _checks() -> dict:
             heads = [x.double().unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for x in (q, k, v)]
             weights = torch.softmax(heads[0] @ heads[1].transpose(-1, -2) / 4.0, dim=-1)  # head dim 16
             errors[f"few_key_{name}"] = rel(out, (weights @ heads[2]).transpose(1, 2).flatten(2))
+            # the same attention, its output projection, a residual (shared or per prompt) and the norm in one kernel
+            residual = torch.randn(q.shape[0], size * size, 256).half()
+            y, y_pe = kernels.attend_add_norm(q, k, v, attn.num_heads, attn.out_proj, residual, layer, pe)
+            update = copy.deepcopy(attn.out_proj).double()((weights @ heads[2]).transpose(1, 2).flatten(2))
+            ref = torch.nn.functional.layer_norm(residual.double() + update, (256,), layer.weight.double(),
+                                                 layer.bias.double(), layer.eps)
+            errors[f"attend_norm_{name}"] = max(rel(y, ref), rel(y_pe, ref + pe.double()))
         # the whole decoder in half precision, fused vs PyTorch upscaling, both against float64 SAM
         g = torch.Generator().manual_seed(1)
         image = torch.randn(1, 256, size, size, generator=g)
@@ -79,8 +86,9 @@ def _checks() -> dict:
         pe = prompts.get_dense_pe()
         ref_masks, ref_iou = copy.deepcopy(decoder).double()(image.double(), pe.double(), sparse.double(),
                                                              dense.double(), True)
-        for upscaling, triton in (("fused", True), ("torch", False)):
+        for upscaling, triton, fused in (("fused", True, True), ("unfused", True, False), ("torch", False, False)):
             fast = FastMaskDecoder(copy.deepcopy(decoder), dtype=torch.float16, triton=triton)
+            fast.fused = fused
             masks, iou = fast(image, pe, sparse, dense, True)
             cut = iou.max(dim=1).values.float().median().item()
             wanted = (iou > cut).any(dim=1)
@@ -112,15 +120,17 @@ def test_kernels_equal_float64_references(checks):
     for name in ("shared", "per_prompt"):
         assert checks[f"add_norm_{name}"] < 1e-3, name
         assert checks[f"few_key_{name}"] < 1e-3, name
+        assert checks[f"attend_norm_{name}"] < 1e-3, name
 
 
 def test_decoder_with_kernels_is_as_close_to_sam_as_the_pytorch_path(checks):
     # both run in half precision; the kernels round less, so the decoder with them may not be further from float64
     # SAM than the PyTorch decoder is (10% slack for rounding that lands either way)
     for case in ("decoder", "skip", "single"):
-        assert checks[f"{case}_fused"] <= 1.1 * checks[f"{case}_torch"] + 1e-4, case
+        for kernels in ("fused", "unfused"):
+            assert checks[f"{case}_{kernels}"] <= 1.1 * checks[f"{case}_torch"] + 1e-4, (case, kernels)
         assert checks[f"{case}_torch"] < 5e-3, case
-    assert checks["skip_zero_fused"] and checks["skip_zero_torch"]
+    assert checks["skip_zero_fused"] and checks["skip_zero_unfused"] and checks["skip_zero_torch"]
 
 
 def test_decoder_falls_back_to_pytorch_when_the_kernels_cannot_run(monkeypatch):
