@@ -41,7 +41,7 @@ case "${1:-}" in
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
     step "${one[@]}" timeout 470 python3 -m benchmarks.sam_clip --device cuda --dtype float16 --masks 100 \
       --candidates 400 --frames 16 --stock-frames 1 --alt-frames "${ALT_FRAMES:-0}" --breakdown --sizes "${SIZES:-scannet,nuscenes}" \
-      --variants "${VARIANTS:-device-fast,device-fast-unfused,device-fast-no-triton,device-fast-compiled-encoder,device-fast-pool}" \
+      --variants "${VARIANTS:-device-fast,device-fast-no-triton,device-fast-compiled-encoder,device-fast-pool}" \
       --out "$out/sam-clip-$card.jsonl"
     ;;
   extract4)

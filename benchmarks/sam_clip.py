@@ -207,7 +207,7 @@ def bench_size(args, name: str, size, models: dict, device, out: list[dict]) -> 
             fps, feats = timed_encode(model.encode, frames, args.batch, device)
             counts = [len(f) for f in model.masks.generate(frames[:args.batch])]
             extra = {"pool_vs_crop": pool_vs_crop(model, frames[:2])} if model.region == "pool" else {}
-            if variant in ("device-fast-no-triton", "device-fast-unfused") and "device-fast" in models:
+            if variant == "device-fast-no-triton" and "device-fast" in models:
                 extra["masks_vs_device_fast"] = mask_agreement(
                     models["device-fast"].masks.generate(frames[:args.batch]),
                     [records_of(f) for f in model.masks.generate(frames[:args.batch])])
@@ -407,9 +407,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "device-fast-no-triton" in variants:
             models["device-fast-no-triton"] = teacher(ckpt, device, dtype, fast=True)
             models["device-fast-no-triton"].masks.decoder.triton = False
-        if "device-fast-unfused" in variants:  # the decoder's image side as three kernels, not one
-            models["device-fast-unfused"] = teacher(ckpt, device, dtype, fast=True)
-            models["device-fast-unfused"].masks.decoder.fused = False
         if "device-fast-compiled-encoder" in variants:  # compiled at its first (warm-up) call
             models["device-fast-compiled-encoder"] = teacher(ckpt, device, dtype, fast=True, compile_mode="default")
         if "device-fast-ppb1024" in variants:

@@ -5,7 +5,7 @@ image tokens, 256 channels, 8 heads, 7 tokens a prompt), half precision, random 
   python -m benchmarks.sam_decoder_kernels --out docs/perf/sam-decoder-kernels-h100.jsonl
 
 One JSON line per (part, path): median ms (triton.testing.do_bench) and the normwise error against float64 on the
-same inputs. The upscaling and the few-key attention are also timed at each block shape.
+same inputs. The upscaling is also timed at each block shape.
 """
 
 from __future__ import annotations
@@ -53,35 +53,21 @@ def main(argv: list[str] | None = None) -> None:
         emit({**base, "part": part, "path": path, **extra, "ms": ms, "rel_err_vs_float64": err}, args.out)
 
     r = lambda *shape: torch.randn(*shape, device=dev, dtype=half)  # noqa: E731
-    # add + layer norm over 256 channels, then + pe (the end of each two-way block)
+    # the closing image side of a block: the image tokens attend to each prompt's 7 tokens from projected
+    # q [n, 4096, 128] and k, v [n, 7, 128], output projection, + residual, layer norm over 256 channels, + pe
     norm = copy.deepcopy(decoder.transformer.layers[0].norm4).to(half)
-    residual, update, pe = r(n, 4096, 256), r(n, 4096, 256), r(1, 4096, 256)
-    ref = F.layer_norm(residual.double() + update.double(), (256,), norm.weight.double(), norm.bias.double(), norm.eps)
-    report("add_norm", "torch", lambda: (lambda y: (y, y + pe))(norm(residual + update)), ref)
-    report("add_norm", "triton", lambda: kernels.add_layer_norm(residual, update, norm, pe), ref)
-    # the image tokens' attention to each prompt's 7 tokens, from projected q [n, 4096, 128] and k, v [n, 7, 128]
     attn = copy.deepcopy(decoder.transformer.layers[1].cross_attn_image_to_token).to(half)
     q_in, k_in, v_in = r(n, 4096, 256), r(n, 7, 256), r(n, 7, 256)
-    q, k, v = attn.q_proj(q_in), attn.k_proj(k_in), attn.v_proj(v_in)
+    residual, pe = r(n, 4096, 256), r(1, 4096, 256)
+    q, k, v = (proj(x).contiguous() for proj, x in ((attn.q_proj, q_in), (attn.k_proj, k_in), (attn.v_proj, v_in)))
     heads = [x.double().unflatten(-1, (8, -1)).transpose(1, 2) for x in (q, k, v)]
-    ref = attn.out_proj.double()((torch.softmax(heads[0] @ heads[1].transpose(-1, -2) / 4.0, -1) @ heads[2])
-                                 .transpose(1, 2).flatten(2))
-    attn.out_proj.to(half)
-    report("image_to_token", "torch (SDPA)", lambda: _attend(attn, q_in, k_in, v_in), ref)
-    default = kernels.ATTENTION_ROWS
-    for rows in (16, 32):
-        kernels.ATTENTION_ROWS = rows
-        report("image_to_token", "triton", lambda: attn.out_proj(kernels.few_key_attention(
-            attn.q_proj(q_in), attn.k_proj(k_in), attn.v_proj(v_in), 8)), ref, rows=rows)
-    kernels.ATTENTION_ROWS = default
-    # the whole closing image side of a block (attention, output projection, residual, norm, + pe): three kernels
-    # and a matrix product vs one kernel
-    ref = F.layer_norm(residual.double() + ref, (256,), norm.weight.double(), norm.bias.double(), norm.eps)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    report("image_side", "triton, 3 kernels", lambda: kernels.add_layer_norm(
-        residual, attn.out_proj(kernels.few_key_attention(q, k, v, 8)), norm, pe), ref)
-    report("image_side", "triton, fused", lambda: kernels.attend_add_norm(q, k, v, 8, attn.out_proj, residual,
-                                                                          norm, pe), ref)
+    update = copy.deepcopy(attn.out_proj).double()(
+        (torch.softmax(heads[0] @ heads[1].transpose(-1, -2) / 4.0, -1) @ heads[2]).transpose(1, 2).flatten(2))
+    ref = F.layer_norm(residual.double() + update, (256,), norm.weight.double(), norm.bias.double(), norm.eps)
+    report("image_side", "torch (SDPA)", lambda: (lambda y: (y, y + pe))(norm(residual + _attend(attn, q_in, k_in,
+                                                                                             v_in))), ref)
+    report("image_side", "triton", lambda: kernels.attend_add_norm(q, k, v, 8, attn.out_proj, residual, norm, pe),
+           ref)
     # the upscaling + hypernetwork product of every prompt
     up1, unorm, _, up2, _ = decoder.output_upscaling
     for param in unorm.parameters():
@@ -108,10 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         image, image_pe = torch.randn(1, 256, 64, 64, device=dev), prompt_encoder.get_dense_pe()
         ref = copy.deepcopy(decoder).double()(image.double(), image_pe.double(), sparse.double()[:8],
                                               dense.double()[:8], True)[0]
-    for path, triton_on, fused in (("torch", False, False), ("triton", True, False), ("triton, fused", True, True)):
+    for triton_on in (False, True):
         fast = FastMaskDecoder(copy.deepcopy(decoder), dtype=half, triton=triton_on)
-        fast.fused = fused
-        report("decoder", path, lambda: fast(image, image_pe, sparse, dense, True)[0][:8], ref)
+        report("decoder", "triton" if triton_on else "torch",
+               lambda: fast(image, image_pe, sparse, dense, True)[0][:8], ref)
 
 
 if __name__ == "__main__":

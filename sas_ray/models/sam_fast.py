@@ -15,9 +15,9 @@ Window partition and its padding reuse segment_anything's functions; under torch
 `FastMaskDecoder` is the mask decoder's forward for many point prompts on one image: the image tokens are the same
 for every prompt until the first block's image-to-token attention writes into them, so that block's image-side
 projections run once per image instead of once per prompt (a quarter of the decoder's multiply-adds); attention runs
-through SDPA in the weights' dtype, except the image tokens' attention to a prompt's few tokens, which, like each
-block's closing add + layer norm and the whole mask upscaling with its hypernetwork product, runs as a Triton kernel
-where one applies (`sam_decoder_triton`; `triton=False`: PyTorch throughout, each 2x2 stride-2 transposed convolution
+through SDPA in the weights' dtype, except each block's closing image side (the image tokens' attention to a
+prompt's few tokens, its output projection, the residual add and layer norm), which, like the whole mask upscaling
+with its hypernetwork product, runs as one Triton kernel where one applies (`sam_decoder_triton`; `triton=False`: PyTorch throughout, each 2x2 stride-2 transposed convolution
 one matrix product); and given `skip_below`, prompts whose predicted IoUs (known before any upscaling) all fail that
 threshold skip the upscaling and mask product altogether (over half the decoder's work at SAM's 0.88 on a real
 frame).
@@ -34,8 +34,7 @@ from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_p
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 from sas_ray.errors import ConfigError
-from sas_ray.models.sam_decoder_triton import (add_layer_norm, attend_add_norm, available, few_key_attention,
-                                               fused_mask_upscaling)
+from sas_ray.models.sam_decoder_triton import attend_add_norm, available, fused_mask_upscaling
 
 REL_POS_MODES = ("mask", "fold")
 # errors that leave the device unusable or are not the kernels' doing: never answered by the PyTorch fallback
@@ -135,7 +134,6 @@ class FastMaskDecoder(torch.nn.Module):
                               "the first block only)")
         self.decoder = decoder.to(dtype=dtype)  # in place: the same Parameters
         self.triton = triton  # the kernels of sam_decoder_triton where they apply (else PyTorch throughout)
-        self.fused = True  # a block's image-side attention, projection and norm as one kernel (False: three)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
@@ -229,23 +227,10 @@ class FastMaskDecoder(torch.nn.Module):
         """A block's closing image side: (keys, keys + pe) with keys = norm(residual + attn(q, k, v)), the image
         tokens q [P or 1, N, C] attending to each prompt's few tokens k, v [P, T, C]; residual and pe may be one
         image's [1, N, C]."""
-        if self.fused and self.triton and available(q, attn.internal_dim // attn.num_heads, q.shape[-1]):
+        if self.triton and available(q, attn.internal_dim // attn.num_heads, q.shape[-1]):
             return attend_add_norm(attn.q_proj(q), attn.k_proj(k), attn.v_proj(v), attn.num_heads, attn.out_proj,
                                    residual.contiguous(), norm, pe.contiguous())
-        return self._add_norm(norm, residual, self._image_to_token(attn, q, k, v), pe)
-
-    def _image_to_token(self, attn: Attention, q, k, v) -> torch.Tensor:
-        """Attention of the image tokens q [P or 1, N, C] to each prompt's few tokens k, v [P, T, C]."""
-        if self.triton and available(q, attn.internal_dim // attn.num_heads):
-            out = few_key_attention(attn.q_proj(q), attn.k_proj(k), attn.v_proj(v), attn.num_heads)
-            return attn.out_proj(out)
-        return _attend(attn, q, k, v)
-
-    def _add_norm(self, norm: torch.nn.LayerNorm, residual, update, pe) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(residual + update), that + pe); residual and pe may be one image's [1, N, C]."""
-        if self.triton and available(update, update.shape[-1]):
-            return add_layer_norm(residual.contiguous(), update, norm, pe.contiguous())
-        keys = norm(residual + update)
+        keys = norm(residual + _attend(attn, q, k, v))
         return keys, keys + pe
 
 
