@@ -25,6 +25,7 @@ class TeacherFusionActor:
 
     def __init__(self, teacher: dict, prepared: str, storage_options: dict, visibility: dict,
                  labelled_only: bool) -> None:
+        started = time.perf_counter()
         from sas_ray.models import build_teacher
 
         self.device = actor_device()
@@ -38,6 +39,7 @@ class TeacherFusionActor:
         self.labelled_only = labelled_only
         self._scenes: OrderedDict[str, tuple[torch.Tensor, np.ndarray | None, int]] = OrderedDict()
         self._fault = armed_fault("extract-actor")  # None unless a reliability test set $SAS_RAY_FAULT
+        self._load_seconds = time.perf_counter() - started  # reported once, with this actor's first output
         self._frames_fused = 0
 
     def _scene(self, scene_id: str) -> tuple[torch.Tensor, np.ndarray | None, int]:
@@ -69,7 +71,8 @@ class TeacherFusionActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {k: [] for k in ("scene", "group", "num_groups", "num_frames", "num_points",
-                                               "point_ids", "feat_sum", "count", "error", "seconds", "text_space")}
+                                               "point_ids", "feat_sum", "count", "error", "seconds", "load_seconds",
+                                               "text_space")}
         for i in range(len(batch["scene"])):
             row = {k: v[i] for k, v in batch.items()}
             start = time.perf_counter()
@@ -90,5 +93,7 @@ class TeacherFusionActor:
                 out[key].append(value)
             out["error"].append(error)
             out["seconds"].append(time.perf_counter() - start)
+            out["load_seconds"].append(self._load_seconds)
+            self._load_seconds = 0.0
             out["text_space"].append(self.teacher.text_space)
         return out

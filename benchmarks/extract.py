@@ -13,7 +13,8 @@ Reported: `pipeline_fps` = frames written per second from the job's start (Ray s
 teacher having fused every frame; `startup_s`, the fixed cost, and its share of the run: the run's seconds outside
 the stage of the teacher that finished last (Ray's start, planning) plus that stage's seconds before its actor
 began the work of its first result (model loads, scheduling; the first group's own compute, up to
-`--frames-per-task` frames, is work, not start-up); each teacher's first result's arrival (`first_output_s`);
+`--frames-per-task` frames, is work, not start-up); each teacher's first result's arrival (`first_output_s`) and
+its slowest actor's construction (`actor_load_s`: imports, checkpoint reads, moving the model to the device);
 each teacher's model-only frames/s (teacher.encode on frames already on the device, same options and weights) and
 the pipeline's ratio to the slower one; the GPU-busy fraction over the run (NVML utilisation sampled every 0.2 s);
 peak PSS of the driver and Ray's processes. Random SAM weights keep no masks at SAM's thresholds, so `sam-clip` runs
@@ -236,6 +237,7 @@ def pipeline(args, prepared: Storage, work: str, specs: list[dict], tag: str) ->
     return {"frames": frames, "seconds": round(seconds, 1), "pipeline_fps": round(frames / seconds, 2),
             "startup_s": round(startup, 1), "startup_share": round(startup / seconds, 3),
             "first_output_s": {r.stage: round(r.first_output_seconds, 1) for r in reports},
+            "actor_load_s": {r.stage: round(r.load_seconds, 1) for r in reports},
             "gpu_busy": getattr(busy, "mean", None), "peak_pss_gb": round(memory.peak / 1e9, 2)}
 
 

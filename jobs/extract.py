@@ -241,6 +241,7 @@ class _TeacherRun:
                     if not self.report.first_output_seconds:
                         self.report.first_output_seconds = time.perf_counter() - start
                         self.report.first_work_seconds = self.report.first_output_seconds - float(row["seconds"])
+                    self.report.load_seconds = max(self.report.load_seconds, float(row["load_seconds"]))
                     self.progress.update(int(row["num_frames"]))
                     finished = self.merger.add(row)
                     if finished:

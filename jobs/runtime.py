@@ -40,6 +40,7 @@ class StageReport:
     seconds: float = 0.0
     first_output_seconds: float = 0.0  # start-up: until the first unit's result arrived (model loads, scheduling)
     first_work_seconds: float = 0.0  # until the work of that first result began (its arrival less its compute)
+    load_seconds: float = 0.0  # the slowest actor's construction (imports, model loads) of this stage's pool
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # input left out without failing a unit (e.g. a lost pose)
     outputs: dict[str, str] = field(default_factory=dict)

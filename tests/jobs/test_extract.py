@@ -69,6 +69,8 @@ def test_pipeline_equals_sequential_reference(ray_session, tmp_path, layout):
     assert read_info(Storage(prepared))["image_size"] == resized.get("image_size")
     cfg, report = _extract(prepared, str(tmp_path / "out"))
     assert (report.done, report.failed) == (2, 0), report.summary()
+    # start-up accounting: an actor's construction is reported, and the first result's work began after it
+    assert 0 < report.load_seconds <= report.first_work_seconds < report.first_output_seconds <= report.seconds
     _assert_matches_reference(cfg)
 
 
