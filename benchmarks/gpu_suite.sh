@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements in docs/perf/, as run on the device machine (2 x H100), one part per call:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract   # carry .carry/base.tar.xz
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh mask      # base (+ alt.tar.xz: SAM 2, ...)
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract-long  # base; ~8 min: start-up < 5%
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh mask      # base (+ alt.tar.xz: SAM 2, ...);
+#     ~6 min on an H100; VARIANTS=... picks the sam_clip variants
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract-long  # base; ~7 min at SCENES=24 (the
+#     default; 16 took 5.4 min on an H100 in session 9)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
@@ -33,7 +35,7 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     ;;
-  extract-long)  # issue #21: the SAS pair end to end on 2,400 frames (start-up ~18 s of ~7 min)
+  extract-long)  # issue #21: the SAS pair end to end on SCENES x 100 frames (start-up ~49 s on an H100)
     step "${one[@]}" timeout 570 python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip \
       --scenes "${SCENES:-24}" --frames 100 --out "$out/extract-sas-pair-long-$card.json"
     ;;
