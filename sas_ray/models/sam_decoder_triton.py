@@ -60,8 +60,8 @@ def attend_add_norm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     """A two-way block's image side in one pass: (y, y + pe) with y = norm(residual + out_proj(a)) and a the image
     tokens' attention to each prompt's few tokens, softmax(q_h k_h^T / sqrt(d)) v_h per head h, heads side by side:
     q [P or 1, N, heads * d] (one query set may serve every prompt), k and v [P, T, heads * d] with few keys T.
-    residual [P or 1, N, C], pe [1, N, C]; all contiguous in one half dtype. The attention output and its projection stay in registers (float32 projection, no
-    half rounding of the update before the norm)."""
+    residual [P or 1, N, C], pe [1, N, C]; all contiguous in one half dtype. The attention output and its
+    projection stay in registers (float32 projection, no half rounding of the update before the norm)."""
     count, keys, width = k.shape
     tokens, channels = q.shape[1], out_proj.out_features
     out = q.new_empty(count, tokens, channels)

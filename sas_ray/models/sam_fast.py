@@ -17,8 +17,8 @@ for every prompt until the first block's image-to-token attention writes into th
 projections run once per image instead of once per prompt (a quarter of the decoder's multiply-adds); attention runs
 through SDPA in the weights' dtype, except each block's closing image side (the image tokens' attention to a
 prompt's few tokens, its output projection, the residual add and layer norm), which, like the whole mask upscaling
-with its hypernetwork product, runs as one Triton kernel where one applies (`sam_decoder_triton`; `triton=False`: PyTorch throughout, each 2x2 stride-2 transposed convolution
-one matrix product); and given `skip_below`, prompts whose predicted IoUs (known before any upscaling) all fail that
+with its hypernetwork product, runs as one Triton kernel where one applies (`sam_decoder_triton`; `triton=False`:
+PyTorch throughout, each 2x2 stride-2 transposed convolution one matrix product); and given `skip_below`, prompts whose predicted IoUs (known before any upscaling) all fail that
 threshold skip the upscaling and mask product altogether (over half the decoder's work at SAM's 0.88 on a real
 frame).
 """
