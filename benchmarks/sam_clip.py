@@ -17,7 +17,8 @@ Every variant of the SAM ViT-H path runs those same options:
   default);
 - device-fast-no-triton: device-fast with the decoder in PyTorch throughout (FastMaskDecoder before its kernels);
 - device-fast-ppb1024: device-fast with the whole 32x32 prompt grid in one decoder call (points_per_batch 1024);
-- device-fast-compiled-encoder: device-fast with SAM's image encoder under torch.compile (`compile_mode: default`);
+- device-fast-compiled-encoder: device-fast with SAM's image encoder blocks under torch.compile (`compile_mode:
+  default`; compiled in the warm-up batch, `warmup_s`);
 - device-fast-pool: `region: pool`, dense MaskCLIP features averaged in each mask instead of crops;
 plus `equivalence`: the device generator against SamAutomaticMaskGenerator in float32 (same masks?), and the
 installable alternatives (their own automatic generators, random weights, at the same IoU quantile).
@@ -133,16 +134,19 @@ def configure(gen: MaskGenerator, options: dict) -> None:
         setattr(gen, key, options[key])
 
 
-def timed_encode(fn, frames: torch.Tensor, batch: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """(frames/s, outputs) of `fn` over `frames` in batches, after one warm-up batch."""
+def timed_encode(fn, frames: torch.Tensor, batch: int, device: torch.device) -> tuple[float, torch.Tensor, float]:
+    """(frames/s, outputs) of `fn` over `frames` in batches after one warm-up batch, and the warm-up's seconds (a
+    compiled variant compiles in it)."""
+    start = time.perf_counter()
     fn(frames[:batch])
     _sync(device)
+    warmup = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     outs = [fn(frames[i:i + batch]) for i in range(0, len(frames), batch)]
     _sync(device)
-    return len(frames) / (time.perf_counter() - start), torch.cat(outs)
+    return len(frames) / (time.perf_counter() - start), torch.cat(outs), warmup
 
 
 def feature_agreement(ours: torch.Tensor, stock: torch.Tensor) -> dict:
@@ -204,7 +208,7 @@ def bench_size(args, name: str, size, models: dict, device, out: list[dict]) -> 
             continue
 
         def run(model=model, variant=variant):
-            fps, feats = timed_encode(model.encode, frames, args.batch, device)
+            fps, feats, warmup = timed_encode(model.encode, frames, args.batch, device)
             counts = [len(f) for f in model.masks.generate(frames[:args.batch])]
             extra = {"pool_vs_crop": pool_vs_crop(model, frames[:2])} if model.region == "pool" else {}
             if variant == "device-fast-no-triton" and "device-fast" in models:
@@ -215,7 +219,8 @@ def bench_size(args, name: str, size, models: dict, device, out: list[dict]) -> 
                 extra["ms_per_frame_parts"] = breakdown(model, frames, args.batch, device)
                 if device.type == "cuda":
                     extra["top_kernels_ms_per_frame"] = top_kernels(model, frames[:args.batch])
-            record(variant, fps, feats, frames=len(frames), masks_per_frame=float(np.mean(counts)), **extra)
+            record(variant, fps, feats, frames=len(frames), masks_per_frame=float(np.mean(counts)), warmup_s=warmup,
+                   **extra)
             return {}
         guarded("sam-clip", variant, run)
     if name == "scannet":
@@ -279,7 +284,28 @@ def top_kernels(model, frames: torch.Tensor, count: int = 15) -> dict:
     return {"kernels": top(kernels, False, count), "ops": top(ops, True, 2 * count),
             "kernel_ms_per_frame": 1000 * kernel_seconds / len(frames),
             "wall_ms_per_frame_profiled": 1000 * wall / len(frames),
-            "device_busy": round(kernel_seconds / wall, 3)}  # kernels may overlap: an upper bound
+            "device_busy": round(kernel_seconds / wall, 3),  # kernels may overlap: an upper bound
+            "idle_gaps": idle_gaps(prof.events(), len(frames), count)}
+
+
+def idle_gaps(events, frames: int, count: int) -> dict:
+    """Where the device waited between kernels: the idle time between one kernel's end (the latest so far) and the
+    next kernel's start, summed per (kernel before, kernel after) pair, ms per frame, the largest `count` pairs."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name[:60]) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    pairs: dict[tuple[str, str], list] = {}
+    end, before, total = None, None, 0.0
+    for start, stop, name in spans:
+        if end is not None and start > end:
+            pair = pairs.setdefault((before, name), [0.0, 0])
+            pair[0] += (start - end) / 1000 / frames
+            pair[1] += 1
+            total += (start - end) / 1000 / frames
+        if end is None or stop > end:
+            end, before = stop, name
+    top = sorted(pairs.items(), key=lambda item: item[1][0], reverse=True)[:count]
+    return {"idle_ms_per_frame": total, "gaps": sum(n for _, n in pairs.values()),
+            "largest": [[a, b, round(ms, 3), n] for (a, b), (ms, n) in top]}
 
 
 def pool_vs_crop(model, frames: torch.Tensor) -> dict:

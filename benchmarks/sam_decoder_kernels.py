@@ -1,6 +1,7 @@
 """SAM's mask decoder over 256 prompts on one H100/H200: each Triton kernel of sas_ray.models.sam_decoder_triton vs
-the PyTorch it replaces, and the whole FastMaskDecoder forward with and without them, at SAM's real sizes (64x64
-image tokens, 256 channels, 8 heads, 7 tokens a prompt), half precision, random inputs and weights.
+the PyTorch it replaces, the token-to-image attention with its key and value projections absorbed vs projected, and
+the whole FastMaskDecoder forward with and without the kernels, at SAM's real sizes (64x64 image tokens, 256
+channels, 8 heads, 7 tokens a prompt), half precision, random inputs and weights.
 
   python -m benchmarks.sam_decoder_kernels --out docs/perf/sam-decoder-kernels-h100.jsonl
 
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import sas_ray.models  # noqa: E402,F401
 from benchmarks import emit  # noqa: E402
 from sas_ray.models import sam_decoder_triton as kernels  # noqa: E402
-from sas_ray.models.sam_fast import FastMaskDecoder, _attend  # noqa: E402
+from sas_ray.models.sam_fast import FastMaskDecoder, _attend, _attend_image  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     report("image_side", "torch (SDPA)", lambda: (lambda y: (y, y + pe))(norm(residual + _attend(attn, q_in, k_in,
                                                                                              v_in))), ref)
     report("image_side", "triton", lambda: kernels.attend_add_norm(q, k, v, 8, attn.out_proj, residual, norm, pe),
+           ref)
+    # a block's token side reading the image: each prompt's 7 tokens attend to its own 4096 image tokens
+    cross = copy.deepcopy(decoder.transformer.layers[1].cross_attn_token_to_image).to(half)
+    tokens, keys_pe, keys = r(n, 7, 256), r(n, 4096, 256), r(n, 4096, 256)
+    ref = _attend(copy.deepcopy(cross).double(), tokens.double(), keys_pe.double(), keys.double())
+    report("token_to_image", "projected (SDPA, head dim 16)", lambda: _attend(cross, tokens, keys_pe, keys), ref)
+    report("token_to_image", "absorbed (SDPA, head dim 256)", lambda: _attend_image(cross, tokens, keys_pe, keys),
            ref)
     # the upscaling + hypernetwork product of every prompt
     up1, unorm, _, up2, _ = decoder.output_upscaling

@@ -222,7 +222,9 @@ def run_distill(cfg: DistillConfig, address: str | None = None) -> StageReport:
             plan = manifest.plan({stage: recipe}, verify=cfg.storage.verify)
             report.planned(plan)
             report.outputs[f"{stage} model"] = out.url(DISTILL, stage)
-            if not plan.todo:
+            if not plan.todo:  # done by an earlier run: its length is the last step of the loss curve it left
+                steps = out.child(DISTILL, stage).read_json("losses.json")["steps"]
+                report.outputs[f"{stage} steps"] = str(steps[-1] if steps else 0)
                 continue
             earlier = manifest.rows.get(stage)
             if earlier is not None and earlier.recipe and earlier.recipe != recipe.digest:

@@ -22,7 +22,7 @@ from sas_ray.errors import ConfigError
 
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                  "math": "MATH"}
-_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # compiled outputs are overwritten by the next replay
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # compiled outputs are overwritten by the next replay
 
 
 def check_sdpa_blocks(blocks) -> None:
@@ -69,7 +69,7 @@ class CompiledChunks:
 
     @classmethod
     def compile(cls, fn, mode: str) -> CompiledChunks:
-        return cls(fn, torch.compile(fn, mode=mode, dynamic=False), clone=mode in _CUDAGRAPH_MODES)
+        return cls(fn, torch.compile(fn, mode=mode, dynamic=False), clone=mode in CUDAGRAPH_MODES)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.chunk = self.chunk or len(x)

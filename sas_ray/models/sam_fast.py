@@ -14,18 +14,21 @@ Window partition and its padding reuse segment_anything's functions; under torch
 
 `FastMaskDecoder` is the mask decoder's forward for many point prompts on one image: the image tokens are the same
 for every prompt until the first block's image-to-token attention writes into them, so that block's image-side
-projections run once per image instead of once per prompt (a quarter of the decoder's multiply-adds); attention runs
-through SDPA in the weights' dtype, except each block's closing image side (the image tokens' attention to a
-prompt's few tokens, its output projection, the residual add and layer norm), which, like the whole mask upscaling
-with its hypernetwork product, runs as one Triton kernel where one applies (`sam_decoder_triton`; `triton=False`:
-PyTorch throughout, each 2x2 stride-2 transposed convolution one matrix product); and given `skip_below`, prompts whose predicted IoUs (known before any upscaling) all fail that
-threshold skip the upscaling and mask product altogether (over half the decoder's work at SAM's 0.88 on a real
-frame).
+projections run once per image instead of once per prompt (a quarter of the decoder's multiply-adds); later, where a
+prompt's few tokens read its own image tokens, the key and value projections move to the query side
+(`_attend_image`: the image tokens are never projected); attention runs through SDPA in the weights' dtype, except
+each block's closing image side (the image tokens' attention to a prompt's few tokens, its output projection, the
+residual add and layer norm), which, like the whole mask upscaling with its hypernetwork product, runs as one Triton
+kernel where one applies (`sam_decoder_triton`; `triton=False`: PyTorch throughout, each 2x2 stride-2 transposed
+convolution one matrix product); and given `skip_below`, prompts whose predicted IoUs (known before any upscaling)
+all fail that threshold skip the upscaling and mask product altogether (over half the decoder's work at SAM's 0.88
+on a real frame).
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,7 @@ from segment_anything.modeling.image_encoder import Block, get_rel_pos, window_p
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 from sas_ray.errors import ConfigError
+from sas_ray.models.openclip_dense_fast import CUDAGRAPH_MODES, CompiledChunks
 from sas_ray.models.sam_decoder_triton import attend_add_norm, available, fused_mask_upscaling
 
 REL_POS_MODES = ("mask", "fold")
@@ -45,7 +49,7 @@ class FastImageEncoder(torch.nn.Module):
     """`vit`'s forward with SDPA attention; `dtype` casts `vit` in place (no copy), `rel_pos` is "mask" or "fold".
 
     Drop-in for `Sam.image_encoder`: float [B, 3, S, S] -> [B, out_chans, S/patch, S/patch] in the input's dtype,
-    computed in the weights' dtype with autocast off. Compile with `.compile(mode=...)` (torch.nn.Module.compile)."""
+    computed in the weights' dtype with autocast off. `.compile(mode=...)` compiles its blocks (see `compile`)."""
 
     def __init__(self, vit: ImageEncoderViT, dtype: torch.dtype | None = None, rel_pos: str = "mask"):
         super().__init__()
@@ -64,11 +68,26 @@ class FastImageEncoder(torch.nn.Module):
             x = vit.patch_embed(images.to(dtype=dtype, memory_format=torch.channels_last))  # [B, H, W, C]
             if vit.pos_embed is not None:
                 x = x + vit.pos_embed
-            for block in vit.blocks:
-                x = x + self._attention(block, block.norm1(x))
-                x = x + block.mlp(block.norm2(x))
-            out = vit.neck(x.permute(0, 3, 1, 2))  # an NCHW view of NHWC memory: channels-last convolutions
+            out = vit.neck(self._blocks(x).permute(0, 3, 1, 2))  # NCHW view of NHWC memory: channels-last convs
         return out.to(images.dtype)
+
+    def compile(self, mode: str | None = None, **options) -> None:
+        """Regional compilation: torch.compile(dynamic=False) of one block's forward, which every block calls, so the
+        blocks share two graphs (windowed and global attention) instead of one graph of all blocks unrolled (ViT-H:
+        32), compiled in a fraction of the time; the rest of the forward stays eager. The graphs are for the first
+        call's batch length: longer batches run in chunks of it, a shorter remainder eagerly (`CompiledChunks`)."""
+        block = torch.compile(self._block, mode=mode, dynamic=False, **options)
+        self._blocks = CompiledChunks(self._blocks, partial(self._blocks, block=block),
+                                      clone=mode in CUDAGRAPH_MODES)
+
+    def _blocks(self, x: torch.Tensor, block=None) -> torch.Tensor:
+        for layer in self.vit.blocks:
+            x = (block or self._block)(layer, x)
+        return x
+
+    def _block(self, block: Block, x: torch.Tensor) -> torch.Tensor:
+        x = x + self._attention(block, block.norm1(x))
+        return x + block.mlp(block.norm2(x))
 
     def _attention(self, block: Block, x: torch.Tensor) -> torch.Tensor:
         """The block's attention on normed tokens [B, H, W, C], windowed (zero padded) when the block is."""
@@ -209,7 +228,7 @@ class FastMaskDecoder(torch.nn.Module):
                                            queries, src, pos)
         for layer in rest:
             queries, keys, keys_pe = self._block(layer, queries, keys, keys_pe, tokens, pos)
-        attn_out = _attend(transformer.final_attn_token_to_image, queries + tokens, keys_pe, keys)
+        attn_out = _attend_image(transformer.final_attn_token_to_image, queries + tokens, keys_pe, keys)
         return transformer.norm_final_attn(queries + attn_out), keys
 
     def _block(self, layer: TwoWayAttentionBlock, queries, keys, keys_pe, query_pe, key_pe):
@@ -217,7 +236,7 @@ class FastMaskDecoder(torch.nn.Module):
         q = queries + query_pe
         queries = layer.norm1(queries + _attend(layer.self_attn, q, q, queries))
         q = queries + query_pe
-        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, keys_pe, keys))
+        queries = layer.norm2(queries + _attend_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
         queries = layer.norm3(queries + layer.mlp(queries))
         keys, keys_pe = self._image_update(layer.cross_attn_image_to_token, layer.norm4, keys_pe, queries + query_pe,
                                            queries, keys, key_pe)
@@ -255,6 +274,23 @@ def _attend(attn: Attention, q, k, v) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q.expand(*batch, *q.shape[1:]), k.expand(*batch, *k.shape[1:]),
                                          v.expand(*batch, *v.shape[1:]))
     return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _attend_image(attn: Attention, q, k, v) -> torch.Tensor:
+    """`_attend` of each prompt's few tokens q [P, T, C] to its own image tokens k, v [P, N, C], with the key and value
+    projections moved to the query side, so the N image tokens are read as they are and never projected: per head,
+    (q W_q + b_q).(x W_k + b_k) = ((q W_q + b_q) W_k^T).x + a per-query constant, which softmax cancels, and
+    softmax(.) (x W_v + b_v) = (softmax(.) x) W_v + b_v as softmax rows sum to 1. The heads' absorbed queries
+    [P, heads * T, C] attend in one SDPA call (one query tile a prompt instead of 7-row tiles of head dim 16)."""
+    heads = attn.num_heads
+    q = _heads(attn.q_proj(q), heads)  # [P, heads, T, d]
+    head_dim = q.shape[-1]
+    w_k, w_v = (proj.weight.unflatten(0, (heads, head_dim)) for proj in (attn.k_proj, attn.v_proj))  # [heads, d, C]
+    absorbed = torch.einsum("phtd,hdc->phtc", q, w_k)
+    read = F.scaled_dot_product_attention(absorbed.flatten(1, 2)[:, None], k[:, None], v[:, None],
+                                          scale=head_dim ** -0.5)  # [P, 1, heads * T, C]
+    out = torch.einsum("phtc,hdc->pthd", read.view(absorbed.shape), w_v).flatten(2) + attn.v_proj.bias
+    return attn.out_proj(out)
 
 
 def _attend_shared_image(attn: Attention, q, k, v) -> torch.Tensor:

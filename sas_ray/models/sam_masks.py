@@ -7,8 +7,9 @@ leaves the device: no RLE, no numpy, no per-mask loop. What differs is how, not 
 - candidates are filtered by predicted IoU before any upsampling, and SAM's two bilinear resizes of the low-resolution
   logits (256 -> 1024, crop to the resized frame, -> frame size) are one linear map per axis, applied as two matrix
   products to the survivors only;
-- the image encoder runs once over the whole batch of frames; the prompt grid goes through the decoder in chunks of
-  `points_per_batch` (default 256, segment_anything's 64), optionally through `FastMaskDecoder`.
+- the image encoder runs once over the whole batch of frames; the prompt grid, encoded once per frame size, goes
+  through the decoder in chunks of `points_per_batch` (default 256, segment_anything's 64), optionally through
+  `FastMaskDecoder`.
 `max_masks` (not in segment_anything) keeps the K highest-scoring masks of a frame after NMS: a bound on the work of
 everything downstream, and how benchmarks hold the mask count at a real frame's order of magnitude.
 """
@@ -74,6 +75,7 @@ class MaskGenerator:
         self.dtype = dtype
         self.device = sam.device
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self._prompts_of: dict[tuple[int, int], tuple] = {}  # the last frame size's prompts (`_prompts`)
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor) -> list[FrameMasks]:
@@ -81,9 +83,9 @@ class MaskGenerator:
             raise InputError(f"MaskGenerator: expected uint8 [B, H, W, 3] frames, got {images.dtype} "
                              f"{tuple(images.shape)}")
         height, width = images.shape[1:3]
+        chunks, points = self._prompts(height, width)
         embeddings = self.embed(images.to(self.device))
-        coords, points = self._prompts(height, width)
-        return [self._frame_masks(embeddings[b:b + 1], coords, points, (height, width))
+        return [self._frame_masks(embeddings[b:b + 1], chunks, points, (height, width))
                 for b in range(len(embeddings))]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,20 +95,29 @@ class MaskGenerator:
         with sam_autocast(self.device, self.dtype):
             return self.sam.image_encoder(self.sam.preprocess(x))
 
-    def _prompts(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The grid's prompts in SAM's input frame (float64, as segment_anything computes them) and in pixels."""
-        points = self.grid * np.array([[width, height]])
-        coords = self.transform.apply_coords(points, (height, width))
-        return (torch.as_tensor(coords, device=self.device), torch.as_tensor(points, device=self.device))
+    def _prompts(self, height: int, width: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The grid's prompts for frames of this size: each chunk's prompt-encoder outputs (sparse, dense) and the
+        points in pixels. The same for every frame, so computed once per frame size: the prompt encoder's label masks
+        and the coordinates' copy to the device make the host wait for the device."""
+        if (height, width) not in self._prompts_of:
+            points = self.grid * np.array([[width, height]])
+            coords = torch.as_tensor(self.transform.apply_coords(points, (height, width)), device=self.device)
+            labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
+            with sam_autocast(self.device, self.dtype):
+                chunks = [self.sam.prompt_encoder(points=(coords[start:start + self.points_per_batch, None, :],
+                                                          labels[start:start + self.points_per_batch]),
+                                                  boxes=None, masks=None)
+                          for start in range(0, len(coords), self.points_per_batch)]
+            self._prompts_of = {(height, width): (chunks, torch.as_tensor(points, device=self.device))}
+        return self._prompts_of[height, width]
 
-    def _frame_masks(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor,
-                     frame_size: tuple[int, int]) -> FrameMasks:
-        """One frame's prompts through the decoder in chunks, then the filters and NMS over all its candidates: the
-        host waits on the device three times a frame (the two filters' counts and NMS), not once per chunk."""
-        decoded = [self._decode(embedding, coords[start:start + self.points_per_batch])
-                   for start in range(0, len(coords), self.points_per_batch)]
+    def _frame_masks(self, embedding: torch.Tensor, chunks: list[tuple[torch.Tensor, torch.Tensor]],
+                     points: torch.Tensor, frame_size: tuple[int, int]) -> FrameMasks:
+        """One frame's prompt chunks through the decoder, then the filters and NMS over all its candidates: the host
+        waits on the device three times a frame (the two filters' counts and NMS), not once per chunk."""
+        decoded = [self._decode(embedding, sparse, dense) for sparse, dense in chunks]
         low_res, scores = (torch.cat(parts) for parts in zip(*decoded))  # [N, 256, 256], [N] for N candidates
-        prompt = torch.arange(len(coords), device=self.device).repeat_interleave(len(scores) // len(coords))
+        prompt = torch.arange(len(points), device=self.device).repeat_interleave(len(scores) // len(points))
         keep = torch.arange(len(scores), device=self.device)
         if self.pred_iou_thresh > 0.0:
             keep = keep[scores > self.pred_iou_thresh]
@@ -122,14 +133,13 @@ class MaskGenerator:
         keep = keep[order]
         return FrameMasks(masks[order], scores[keep], stability[order], boxes[order], points[prompt[keep]])
 
-    def _decode(self, embedding: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One chunk of prompts through the decoder -> low-resolution logits [3n, 256, 256] and predicted IoUs [3n]
-        (a prompt's outputs consecutive); with `FastMaskDecoder`, prompts none of whose outputs pass the IoU filter
-        get zero logits (not computed)."""
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
+    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of n encoded prompts through the decoder -> low-resolution logits [3n, 256, 256] and predicted
+        IoUs [3n] (a prompt's outputs consecutive); with `FastMaskDecoder`, prompts none of whose outputs pass the IoU
+        filter get zero logits (not computed)."""
         skip = {"skip_below": self.pred_iou_thresh} if self._skips and self.pred_iou_thresh > 0.0 else {}
         with sam_autocast(self.device, self.dtype):
-            sparse, dense = self.sam.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
             low_res, iou = self.decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                         multimask_output=True, **skip)

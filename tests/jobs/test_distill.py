@@ -43,6 +43,7 @@ def test_distill_two_stages_on_s3_resume_predict_evaluate(ray_session, s3_bucket
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {8}
     again = run_distill(parse_config(settings, DistillConfig))  # both stages done with this recipe: no training
     assert (again.done, again.skipped, again.reran) == (0, 2, {}), again.summary()
+    assert (again.outputs["stage1 steps"], again.outputs["stage2 steps"]) == ("6", "2")  # the study's report reads them
 
     predicted = run_predict(parse_config({"prepared": root, "output": root, "repeats": 2, "backend": "torch",
                                           "storage": {"options": options}, "progress": False}, PredictConfig))

@@ -56,3 +56,30 @@ def test_fast_refiner_gives_the_eager_mask():
     np.testing.assert_array_equal(fast.refine(image, coarse), eager.refine(image, coarse))
     torch.testing.assert_close(fast.predictor.model.image_encoder.vit.state_dict(),
                                eager.predictor.model.image_encoder.state_dict())  # same weights, not a new model
+
+
+def test_compiled_blocks_share_two_graphs():
+    """`compile` compiles one block's forward for all blocks: a windowed and a global graph however deep the
+    encoder (a graph per block would also exceed dynamo's recompile limit and run ViT-H's later blocks eagerly), and
+    for one batch length (other lengths would recompile)."""
+    torch.manual_seed(0)
+    vit = ImageEncoderViT(img_size=56, patch_size=8, embed_dim=32, depth=6, num_heads=2, mlp_ratio=2.0, out_chans=16,
+                          use_rel_pos=True, window_size=3, global_attn_indexes=(1, 4),
+                          norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)).eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.normal_(0.0, 0.5)
+    images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    encoder = FastImageEncoder(vit, rel_pos="fold")
+    encoder.compile(backend="eager", fullgraph=True)
+    with torch.inference_mode():
+        ref = vit(images)
+        out = encoder(images)
+        longer = torch.cat([images, images[:1].flip(-1)])  # a chunk of the compiled length and one frame eagerly
+        longer_out, longer_ref = encoder(longer), vit(longer)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    torch.testing.assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=0)
+    torch.testing.assert_close(longer_out, longer_ref, atol=1e-5 * ref.abs().max().item(), rtol=0)

@@ -66,6 +66,23 @@ def test_generator_with_resized_frames_and_max_masks():
         assert_same_masks(frame_masks, records[:5])  # the five best, in segment_anything's order
 
 
+def test_prompts_are_encoded_once_per_frame_size():
+    """The grid's prompt encodings are the same for every frame of a size: encoded once (a chunk a call), redone for
+    a new size (the stand-in encoder carries the coordinates into the masks: stale prompts give wrong masks)."""
+    sam = disk_sam()
+    calls = []
+    sam.prompt_encoder.register_forward_hook(lambda *args: calls.append(1))
+    options = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.8}
+    gen = MaskGenerator(sam, points_per_batch=256, **options)  # 32 x 32 points: 4 chunks
+    gen.generate(frames(2, 48, 64))
+    gen.generate(frames(1, 48, 64, seed=2))
+    assert len(calls) == 4
+    images = frames(1, 90, 120, seed=1)
+    ours = gen.generate(images)[0]
+    assert len(calls) == 8
+    assert_same_masks(ours, SamAutomaticMaskGenerator(sam, **options).generate(images[0].numpy()))
+
+
 def test_real_tiny_sam_masks_equal_segment_anything():
     """SAM's real networks (tiny, random): its masks barely pass any filter, so none is applied."""
     sam = load_sam(tiny=True, seed=2)
