@@ -10,7 +10,8 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh loader    # carry .carry/spconv.tar.xz (~8 min)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study     # carry .carry/spconv.tar.xz (> 9.5 min
-#     on an H100 in session 8: cut off after both students' stage 1; a second `study` call resumes it)
+#     on an H100 in sessions 8 and 10: cut off after the students (session 10: in predict, then on the CPU); a second
+#     `study` call resumes it (session 10: 8.8 min, 490 s of it predict on the CPU, on the GPU since)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study-oracle  # next call, same machine (~3 min)
 # On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract4  # carry .carry/base.tar.xz
