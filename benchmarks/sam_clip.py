@@ -294,17 +294,16 @@ def idle_gaps(events, frames: int, count: int) -> dict:
     spans = sorted((e.time_range.start, e.time_range.end, e.name[:60]) for e in events
                    if e.device_type == torch.autograd.DeviceType.CUDA)
     pairs: dict[tuple[str, str], list] = {}
-    end, before, total = None, None, 0.0
+    end, before = None, None
     for start, stop, name in spans:
         if end is not None and start > end:
             pair = pairs.setdefault((before, name), [0.0, 0])
             pair[0] += (start - end) / 1000 / frames
             pair[1] += 1
-            total += (start - end) / 1000 / frames
         if end is None or stop > end:
             end, before = stop, name
     top = sorted(pairs.items(), key=lambda item: item[1][0], reverse=True)[:count]
-    return {"idle_ms_per_frame": total, "gaps": sum(n for _, n in pairs.values()),
+    return {"idle_ms_per_frame": sum(ms for ms, _ in pairs.values()), "gaps": sum(n for _, n in pairs.values()),
             "largest": [[a, b, round(ms, 3), n] for (a, b), (ms, n) in top]}
 
 
