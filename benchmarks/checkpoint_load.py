@@ -1,7 +1,9 @@
 """A teacher checkpoint's load, as every extraction actor does it at start-up: read the bytes, hash them (the text
-space's id), parse the safetensors, load the tensors into the model. Parsing copied every tensor out of the bytes
-(safetensors' own `load`); `read_checkpoint` now keeps views of them (`sas_ray.storage.tensor_views`). Both paths on
-the same file in one process, best of --repeats, the file in the page cache (a warm node).
+space's id: CLIP's; SAM's no longer), parse the safetensors, load the tensors into the model. Parsing copied every
+tensor out of the bytes (safetensors' own `load`); `read_checkpoint` now keeps views of them
+(`sas_ray.storage.tensor_views`) and hashes them only when the id is asked (`load_views_s` vs
+`load_views_hashed_s`). All paths on the same file in one process, best of --repeats, the file in the page cache (a
+warm node).
 
     python benchmarks/checkpoint_load.py --arch ViT-L-14 --out docs/perf/checkpoint-load-cpu.jsonl
 """
@@ -50,8 +52,13 @@ def main() -> None:
             hashlib.sha256(blob).hexdigest()
             model.load_state_dict(load_tensors(blob, path))
 
-        def views():
+        def views():  # the bytes are hashed only when the checkpoint's id is asked (SAM's never, in an actor)
             model.load_state_dict(read_checkpoint(path).state)
+
+        def views_hashed():  # as CLIP's load does (its id names the text space), and every load did before
+            checkpoint = read_checkpoint(path)
+            model.load_state_dict(checkpoint.state)
+            return checkpoint.id
 
         with open(path, "rb") as f:
             blob = f.read()
@@ -61,8 +68,10 @@ def main() -> None:
                   "sha256_s": round(best(lambda: hashlib.sha256(blob).hexdigest(), args.repeats), 3),
                   "parse_copy_s": round(best(lambda: load_tensors(blob, path), args.repeats), 3),
                   "load_copied_s": round(best(copied, args.repeats), 3),
+                  "load_views_hashed_s": round(best(views_hashed, args.repeats), 3),
                   "load_views_s": round(best(views, args.repeats), 3)}
-        result["views_vs_copied"] = round(result["load_copied_s"] / result["load_views_s"], 2)
+        result["views_vs_copied"] = round(result["load_copied_s"] / result["load_views_hashed_s"], 2)
+        result["unhashed_vs_hashed"] = round(result["load_views_hashed_s"] / result["load_views_s"], 2)
     emit(result, args.out)
 
 

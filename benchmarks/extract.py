@@ -11,8 +11,8 @@ few base rooms with `--unique-views` rendered views each are replicated into `--
 
 Reported: `pipeline_fps` = frames written per second from the job's start (Ray start included) to its end, every
 teacher having fused every frame; `startup_s`, the fixed cost, and its share of the run: the run's seconds outside
-the stage of the teacher that finished last (Ray's start, planning) plus that stage's seconds before its actor
-began the work of its first result (model loads, scheduling; the first group's own compute, up to
+the stage of the teacher that finished last (`before_stages_s`: Ray's start, planning) plus that stage's seconds
+before its actor began the work of its first result (model loads, scheduling; the first group's own compute, up to
 `--frames-per-task` frames, is work, not start-up); each teacher's first result's arrival (`first_output_s`) and
 its slowest actor's construction (`actor_load_s`: imports, checkpoint reads, moving the model to the device);
 each teacher's model-only frames/s (teacher.encode on frames already on the device, same options and weights) and
@@ -236,6 +236,7 @@ def pipeline(args, prepared: Storage, work: str, specs: list[dict], tag: str) ->
     startup = seconds - last.seconds + last.first_work_seconds
     return {"frames": frames, "seconds": round(seconds, 1), "pipeline_fps": round(frames / seconds, 2),
             "startup_s": round(startup, 1), "startup_share": round(startup / seconds, 3),
+            "before_stages_s": round(seconds - last.seconds, 1),
             "first_output_s": {r.stage: round(r.first_output_seconds, 1) for r in reports},
             "actor_load_s": {r.stage: round(r.load_seconds, 1) for r in reports},
             "gpu_busy": getattr(busy, "mean", None), "peak_pss_gb": round(memory.peak / 1e9, 2)}

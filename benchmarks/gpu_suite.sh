@@ -3,8 +3,8 @@
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract   # carry .carry/base.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh mask      # base (+ alt.tar.xz: SAM 2, ...);
 #     ~6 min on an H100; VARIANTS=... picks the sam_clip variants
-#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract-long  # base; ~7 min at SCENES=24 (the
-#     default; 16 took 5.4 min on an H100 in session 9)
+#   source .carry/env.sh && OUT=$OUT [SCENES=80 WAIT=560] bash benchmarks/gpu_suite.sh extract-long  # base; ~7 min
+#     at SCENES=24 (16 took 5.4 min on an H100 in session 9); longer runs span calls (call it again to wait on)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh models [steps of gpu_fast_suite.sh]
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill   # carry .carry/spconv.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh profile   # carry .carry/spconv.tar.xz (~5 min)
@@ -13,6 +13,7 @@
 #     on an H100 in sessions 8 and 10: cut off after the students (session 10: in predict, then on the CPU); a second
 #     `study` call resumes it (session 10: 8.8 min, 490 s of it predict on the CPU, on the GPU since)
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh study-oracle  # next call, same machine (~3 min)
+#   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh oracle  # the oracle row alone; carry spconv
 # On a 4-GPU host (nvidia-h100-x4 or h200-x4), the 1/2/4-GPU scaling points of one machine:
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh extract4  # carry .carry/base.tar.xz
 #   source .carry/env.sh && OUT=$OUT bash benchmarks/gpu_suite.sh distill4  # carry .carry/spconv.tar.xz
@@ -36,9 +37,26 @@ case "${1:-}" in
     step env CUDA_VISIBLE_DEVICES=0,1 timeout 140 python3 -m benchmarks.extract_multigpu --gpus 2 --work /tmp/multigpu \
       --scenes 8 --out "$out/extract-multigpu-h100.jsonl"
     ;;
-  extract-long)  # issue #21: the SAS pair end to end on SCENES x 100 frames (start-up ~49 s on an H100)
-    step "${one[@]}" timeout 570 python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip \
-      --scenes "${SCENES:-24}" --frames 100 --out "$out/extract-sas-pair-long-$card.json"
+  extract-long)  # issue #21: the SAS pair end to end on SCENES x 100 frames (start-up ~49 s on an H100). Detached
+    # (setsid) so that a run longer than one call goes on while the machine stays warm: the first call starts it,
+    # every call waits up to WAIT s for it and brings back its JSON line once written (and the log so far)
+    run=/tmp/extract-long
+    if [ ! -d $run ]; then
+      mkdir -p $run/repo && tar --exclude=./.carry -cf - . | tar -xf - -C $run/repo
+      (cd $run/repo && setsid sh -c 'echo $$ > ../pid; exec "$@"' sh env CUDA_VISIBLE_DEVICES=0 timeout 1700 \
+        python3 -m benchmarks.extract --device cuda --teachers openclip-dense,sam-clip --scenes "${SCENES:-24}" \
+        --frames 100 --out $run/result.json > $run/log 2>&1 < /dev/null &)
+      sleep 2
+    fi
+    alive() { grep -qs '^State:[[:space:]]*[^Z[:space:]]' "/proc/$(cat $run/pid)/status"; }  # not a zombie
+    for ((waited = 0; waited < ${WAIT:-560}; waited += 10)); do
+      alive || break
+      sleep 10
+    done
+    cp $run/log "$out/extract-long.log"
+    alive && echo "extract-long still running after ${SECONDS} s"
+    [ -s $run/result.json ] && cp $run/result.json "$out/extract-sas-pair-long-$card.json" && cat $run/result.json
+    grep -E 'Error|Traceback' $run/log | tail -5
     ;;
   mask)  # the mask teacher: stock vs device paths (ALT_FRAMES=2 and .carry/alt.tar.xz: the alternatives too)
     step "${one[@]}" timeout 100 python3 -m benchmarks.sam_decoder_kernels --out "$out/sam-decoder-kernels-$card.jsonl"
@@ -101,6 +119,11 @@ case "${1:-}" in
       rm -rf /tmp/e2e-$tag
     done
     ;;
+  oracle)  # issue #22: the GPU study's oracle row alone (the student on ground truth), ~3 min: carry spconv
+    build_segmentator
+    step "${one[@]}" timeout 560 python3 benchmarks/oracle.py --config configs/study-gpu.yaml --label "$card" \
+      --out "$out/oracle-$card.jsonl"
+    ;;
   study|study-oracle)  # issue #22: the SAS ablation, student on the GPU (configs/study-gpu.yaml) -> $out/study-gpu.md
     # `study` leaves the oracle out; `study-oracle`, a later call on the same warm machine, adds it: the stage jobs
     # resume, skipping the units /tmp/study-gpu already holds (so does a second `study` call after a timeout)
@@ -112,7 +135,8 @@ case "${1:-}" in
     echo "exit $?"; tail -25 "$out/study-gpu.log"; cp /tmp/study-gpu/study.json "$out/study-gpu.json" 2>/dev/null
     ;;
   *)
-    echo "usage: gpu_suite.sh extract|extract-long|mask|models|distill|extract4|distill4|profile|loader|study|study-oracle" >&2
+    parts="extract|extract-long|mask|oracle|models|distill|extract4|distill4|profile|loader|study|study-oracle"
+    echo "usage: gpu_suite.sh $parts" >&2
     exit 2
     ;;
 esac

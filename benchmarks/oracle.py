@@ -1,11 +1,14 @@
-"""What a geometry-only student can learn from the synthetic rooms: the study's oracle alone (jobs/study.py), on CPU.
+"""What a geometry-only student can learn from the synthetic rooms: the study's oracle alone (jobs/study.py).
 
 Runs the stage jobs the oracle needs (prepare -> superpoints -> ground-truth targets -> distill stage 1 -> predict ->
-evaluate) on configs/study.yaml's dataset and student, resized by the flags, and prints one JSON line: the oracle's
-mIoU, its per-class IoU, the classes at IoU >= jobs.study.LEARNABLE_IOU, the mean vertex spacing of the rooms and
-the seconds of every stage. Frames are rendered at the tiny size (the oracle reads none of them).
+evaluate) on a study config's dataset and student (`--config`), resized by the flags, and prints one JSON line: the
+oracle's mIoU, its per-class IoU, the classes at IoU >= jobs.study.LEARNABLE_IOU, the mean vertex spacing of the
+rooms and the seconds of every stage. Frames are rendered at the tiny size (the oracle reads none of them). Without
+resizing flags it is the study's own oracle row: the same rooms, and stage 1 stopped where the study's 3D rows stop
+it (`until_stage: stage1` of the stage-1 + stage-2 schedule); `--steps` plans stage 1 alone (its rate decays to 0).
 
-    PYTHONPATH=. python benchmarks/oracle.py --rooms 6 --points 20000 --voxel 0.1 --steps 200
+    PYTHONPATH=. python benchmarks/oracle.py --rooms 6 --points 20000 --voxel 0.2 --steps 200 --batch 2 --lr 0.01
+    PYTHONPATH=. python benchmarks/oracle.py --config configs/study-gpu.yaml [--cpu]  # the GPU study's oracle row
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ from benchmarks import emit  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rooms", type=int, default=6, help="evaluated (and trained-on) rooms")
-    parser.add_argument("--points", type=int, default=3000, help="points_per_scene")
-    parser.add_argument("--voxel", type=float, default=0.2)
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps (rounded to whole epochs)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="the dataset's")
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs" / "study.yaml"),
+                        help="the study config whose dataset and student it runs (flags below override)")
+    parser.add_argument("--rooms", type=int, default=None, help="evaluated (and trained-on) rooms")
+    parser.add_argument("--points", type=int, default=None, help="points_per_scene")
+    parser.add_argument("--voxel", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (rounded to whole epochs)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="the dataset's")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--cpu", action="store_true", help="train and predict on the CPU whatever the config says "
+                        "(the same steps: only the device differs)")
     parser.add_argument("--label", default="", help="free text stored with the result")
     parser.add_argument("--out", default=None, help="also append the JSON line to this file")
     args = parser.parse_args()
@@ -44,17 +51,27 @@ def main() -> None:
     from sas_ray.prepared import read_scene
     from sas_ray.storage import Storage
 
-    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "study.yaml").read_text())
+    data = yaml.safe_load(Path(args.config).read_text())
     work = tempfile.mkdtemp(prefix="oracle-")
-    epochs = max(1, round(args.steps * args.batch / args.rooms))
-    data.update(output=os.path.join(work, "study"), report=None, calibration_scenes=1, diffusion=None)
-    data["dataset"].update(num_scenes=args.rooms + 1, frames_per_scene=1, size="tiny", points_per_scene=args.points,
-                           seed=args.seed)
-    data["distill"].update(voxel_size=args.voxel, batch_size=args.batch, lr_reference_batch=args.batch,
-                           base_lr=args.lr, stage1={"epochs": epochs}, stage2={"epochs": 0})
-    data["predict"].update(repeats=1)
+    data.update(output=os.path.join(work, "study"), report=None, diffusion=None)
+    dataset, distill = data["dataset"], data["distill"]
+    dataset.update(frames_per_scene=1, size="tiny")
+    if args.rooms is not None:
+        data["calibration_scenes"] = 1
+        dataset["num_scenes"] = args.rooms + 1
+    given = {"points_per_scene": args.points, "seed": args.seed}
+    dataset.update({k: v for k, v in given.items() if v is not None})
+    given = {"voxel_size": args.voxel, "batch_size": args.batch, "lr_reference_batch": args.batch,
+             "base_lr": args.lr}
+    distill.update({k: v for k, v in given.items() if v is not None})
+    if args.steps is not None:
+        rooms = dataset["num_scenes"] - data["calibration_scenes"]
+        epochs = max(1, round(args.steps * distill["batch_size"] / (rooms * distill.get("loop", 1))))
+        distill.update(stage1={"epochs": epochs}, stage2={"epochs": 0})
+    if args.cpu:
+        distill["use_gpu"] = data.setdefault("predict", {})["use_gpu"] = False
     cfg = parse_config(data, StudyConfig)
-    ensure_ray(None, num_cpus=2)
+    ensure_ray(None, num_cpus=None if cfg.distill.get("use_gpu") else 2)
     study = _Study(cfg, None)
     study.prepare()
     from jobs.superpoints import run_superpoints
@@ -74,8 +91,10 @@ def main() -> None:
         if edges is not None:
             spacing.append(float(np.median(np.linalg.norm(edges[:, 0] - edges[:, 1], axis=1))))
     per_class = {k: (None if v is None else round(100 * v, 1)) for k, v in result["per_class_iou"].items()}
-    emit({"benchmark": "oracle", "label": args.label, "rooms": args.rooms, "points": args.points,
-          "voxel": args.voxel, "batch": args.batch, "lr": args.lr, "steps": study.distill_steps,
+    emit({"benchmark": "oracle", "label": args.label, "config": Path(args.config).name,
+          "device": "cuda" if distill.get("use_gpu") else "cpu",
+          "rooms": len(study.evaluation), "points": dataset["points_per_scene"], "voxel": distill["voxel_size"],
+          "batch": distill["batch_size"], "lr": distill["base_lr"], "steps": study.distill_steps,
           "median_edge_m": round(float(np.mean(spacing)), 3) if spacing else None,
           "miou": round(result["miou"], 1), "per_class_iou": per_class,
           "learnable": [k for k, v in result["per_class_iou"].items() if v is not None and v >= LEARNABLE_IOU],

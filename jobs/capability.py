@@ -47,7 +47,7 @@ from sas_ray.capability import aggregate, capability_table, class_slug, decode_m
 from sas_ray.config import CapabilityConfig, TeacherSpec
 from sas_ray.errors import ConfigError, SasError, unit_message
 from sas_ray.labels import LABEL_SETS, OPENSCENE_OTHER_INDEX, prompts
-from sas_ray.lineage import Recipe, StageRecipe, content_digest, stage_recipe
+from sas_ray.lineage import Recipe, StageRecipe, checkpoint_digests, content_digest, stage_recipe
 from sas_ray.manifest import Manifest, UnitResult, open_stage
 from sas_ray.storage import Storage, StoredObject
 
@@ -156,13 +156,13 @@ class _CapabilityRun:
         self.manifest = manifest
         self.ledger = CountsLedger(self.stage, self.manifest)
         self.recipes = {spec.folder: teacher_recipe(spec, vocab) for spec in cfg.teachers}
-        self.weights = {spec.folder: content_digest(spec.weights, self.options) for spec in cfg.teachers}
+        self.weights = {spec.folder: checkpoint_digests(spec.checkpoints, self.options) for spec in cfg.teachers}
         self.report = StageReport(self.stage_name)
 
     def measurement_recipe(self, folder: str, image_unit: str) -> Recipe:
-        """A teacher unit's recipe: the teacher, its weights, and the image's pseudo mask (its generation row)."""
+        """A teacher unit's recipe: the teacher, its checkpoints, and the image's pseudo mask (its generation row)."""
         image = self.manifest.rows.get(image_unit)
-        return self.recipes[folder].unit({"weights": self.weights[folder],
+        return self.recipes[folder].unit({**self.weights[folder],
                                           "pseudo_mask": image.sha256 if image is not None else ""})
 
     def pending(self, image_units: list[str]) -> dict[str, list[str]]:

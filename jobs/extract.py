@@ -30,13 +30,13 @@ from sas_ray.errors import InputError, SasError, unit_message
 from sas_ray.features import FEATURES, encode_features, feature_file
 from sas_ray.geometry.accumulator import FeatureAccumulator, ScenePartial, random_chunks
 from sas_ray.ids import check_id
-from sas_ray.lineage import Recipe, content_digest, stage_recipe
+from sas_ray.lineage import Recipe, checkpoint_digests, stage_recipe
 from sas_ray.manifest import Manifest, UnitResult, open_stage, output_digests
 from sas_ray.prepared import SCENES, read_frame_index, read_info
 from sas_ray.scene import PointFeatures
 from sas_ray.storage import Storage
 
-TEACHER_FIELDS = ("name", "tiny", "options", "dtype")  # + the weights' sha256; not resources (gpus, pool, batch)
+TEACHER_FIELDS = ("name", "tiny", "options", "dtype")  # + its checkpoints' sha256; not resources (gpus, pool, batch)
 VERSION = 1
 
 
@@ -187,8 +187,8 @@ class _TeacherRun:
                               teacher=self.spec.model_dump(mode="json", include=set(TEACHER_FIELDS)),
                               labelled_only=self.labelled_only, image_size=self.image_size, resize=self.resize,
                               **self.visibility)
-        weights = content_digest(self.spec.weights, dict(cfg.storage.options))
-        return {s: config.unit({"scene": scene_digests.get(s, ""), "weights": weights}) for s in scene_ids}
+        weights = checkpoint_digests(self.spec.checkpoints, dict(cfg.storage.options))
+        return {s: config.unit({"scene": scene_digests.get(s, ""), **weights}) for s in scene_ids}
 
     def dataset(self) -> ray.data.Dataset:
         spec = self.spec

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from sas_ray.config import PRESETS, PipelineConfig
+from sas_ray.config import PRESETS, WEIGHT_OPTIONS, PipelineConfig
 from sas_ray.errors import ConfigError, SasError
 
 PLACEHOLDER = re.compile(r"YOUR[-_][A-Z0-9_-]*[A-Z0-9]|/path/to/|<[A-Za-z _-]+>")
@@ -112,7 +112,7 @@ def model_problems(keyed) -> list[str]:
                 if spec.tiny == (spec.weights is not None):
                     problems.append(f"{prefix}{part}: give either weights (a checkpoint) or tiny: true")
         for key, value in _leaves(cfg.model_dump(mode="json"), prefix.rstrip(".")):
-            weights = key.rsplit(".", 1)[-1] in ("weights", "sam_weights")
+            weights = key.rsplit(".", 1)[-1] in ("weights", *WEIGHT_OPTIONS)
             if weights and isinstance(value, str) and _missing_local(value):
                 problems.append(f"{key}: {value} does not exist")
     return problems

@@ -132,6 +132,9 @@ class PrepareConfig(Strict):
     progress: bool = True
 
 
+WEIGHT_OPTIONS = ("sam_weights",)  # teacher options that name a checkpoint of their own (sam-clip's SAM)
+
+
 class TeacherSpec(Strict):
     """One 2D teacher: which model, its weights, and the resources of its actor pool."""
 
@@ -160,6 +163,11 @@ class TeacherSpec(Strict):
     @property
     def actor_cpus(self) -> float:
         return self.cpus if self.cpus is not None else (1.0 if self.gpus > 0 else 0.5)
+
+    @property
+    def checkpoints(self) -> dict[str, str | None]:
+        """Every checkpoint the teacher loads, by field: `weights`, and each option that names one."""
+        return {"weights": self.weights, **{k: self.options[k] for k in WEIGHT_OPTIONS if self.options.get(k)}}
 
 
 class ExtractConfig(Strict):

@@ -135,3 +135,8 @@ def content_digest(url: str | None, options: dict | None = None) -> str:
             digests[rel] = cache[key]
         _save_cache(cache)
     return digests[""] if "" in digests else sha256_bytes(_canonical(digests).encode())
+
+
+def checkpoint_digests(checkpoints: dict[str, str | None], options: dict | None = None) -> dict[str, str]:
+    """`content_digest` of each checkpoint, by name (a TeacherSpec's `checkpoints`): a recipe's inputs."""
+    return {name: content_digest(url, options) for name, url in checkpoints.items()}

@@ -35,9 +35,8 @@ def project_points(points: torch.Tensor, pose: np.ndarray | torch.Tensor, intrin
     """
     _check_inputs(points, pose, intrinsic, image_size, cut_bound, depth, visibility_threshold)
     device = points.device
-    pose = torch.as_tensor(pose, dtype=torch.float64)
-    world_to_camera = torch.linalg.inv_ex(pose).inverse.to(device)                       # [...,4,4]
-    k = torch.as_tensor(intrinsic, dtype=torch.float64, device=device)                    # [...,3,3]
+    world_to_camera = torch.linalg.inv_ex(_float64(pose)).inverse.to(device)              # [...,4,4]
+    k = _float64(intrinsic).to(device)                                                     # [...,3,3]
 
     camera = points.to(torch.float64) @ world_to_camera[..., :3, :3].mT                   # [...,N,3]
     camera += world_to_camera[..., None, :3, 3]
@@ -81,3 +80,9 @@ def _check_inputs(points, pose, intrinsic, image_size, cut_bound, depth, visibil
         if visibility_threshold is None:
             raise InputError("project_points: visibility_threshold is required when depth is given")
     return batch_shape
+
+
+def _float64(matrix: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A float64 tensor of a pose or intrinsic; arrays are copied, so a read-only one (a Ray block's column) is taken
+    without torch's warning about non-writable arrays."""
+    return torch.tensor(matrix, dtype=torch.float64) if isinstance(matrix, np.ndarray) else matrix.to(torch.float64)

@@ -10,7 +10,8 @@ import hashlib
 import io
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -25,12 +26,17 @@ _WRAPPER_KEYS = ("state_dict", "model", "module")  # training checkpoints nest t
 @dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint's tensors (read-only: safetensors ones are views of the file's bytes), where they came from,
-    and a content id (first 12 hex of its sha256)."""
+    and a content id (first 12 hex of its sha256). The bytes are hashed on first use: CLIP's for its text space,
+    never SAM's 2.5 GB in an extraction actor's start-up."""
 
     state: dict[str, torch.Tensor]
     source: str
-    sha256: str
+    content: bytes = field(repr=False)  # what `sha256` hashes
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
 
     @property
     def id(self) -> str:
@@ -51,11 +57,10 @@ def read_checkpoint(url: str, storage_options: dict | None = None) -> Checkpoint
 
 def parse_checkpoint(blob: bytes, source: str) -> Checkpoint:
     """Parse checkpoint bytes (format from the magic bytes); `source` names the file in errors."""
-    sha = hashlib.sha256(blob).hexdigest()
     if blob[:4] == b"PK\x03\x04" or blob[:1] == b"\x80":  # torch.save zip archive / legacy pickle protocol 2+
-        return Checkpoint(_torch_state(blob, source), source, sha)
+        return Checkpoint(_torch_state(blob, source), source, blob)
     if len(blob) >= 10 and blob[8:9] == b"{":  # safetensors: u64 header length then a JSON header; tensors are
-        return Checkpoint(tensor_views(blob, f"checkpoint {source}"), source, sha,  # views of the bytes (no copy)
+        return Checkpoint(tensor_views(blob, f"checkpoint {source}"), source, blob,  # views of the bytes (no copy)
                           tensor_metadata(blob, f"checkpoint {source}"))
     raise InputError(f"checkpoint {source}: neither safetensors nor a torch checkpoint "
                      f"(first bytes {blob[:8]!r}, {len(blob)} bytes); is the file truncated or of another format?")
@@ -101,7 +106,7 @@ def match_prefix(checkpoint: Checkpoint, module: nn.Module, prefix: str) -> Chec
         return checkpoint
     state = ({prefix + k: v for k, v in checkpoint.state.items()} if module_has
              else {k[len(prefix):]: v for k, v in checkpoint.state.items()})
-    return Checkpoint(state, checkpoint.source, checkpoint.sha256, checkpoint.metadata)
+    return replace(checkpoint, state=state)
 
 
 def load_into(module: nn.Module, checkpoint: Checkpoint, ignore: tuple[str, ...] = ()) -> None:

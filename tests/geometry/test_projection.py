@@ -1,6 +1,8 @@
 """project_points against closed-form pinhole projections and an independent numpy transcription of OpenScene's
 `PointCloudToImageMapper.compute_mapping`."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +31,15 @@ def test_known_pixels_identity_pose():
     assert _project([[0.5, -0.25, 2.0]]) == ([16], [48], [True])
     # X/Z = 0.0078125 -> u = 32.0; Y/Z = 0.1171875 -> v = 31.0
     assert _project([[0.03125, 0.46875, 4.0]]) == ([31], [32], [True])
+
+
+def test_read_only_pose_and_intrinsic_are_taken_without_a_warning():
+    """Poses and intrinsics arrive as read-only arrays (Ray blocks): no UserWarning on every frame."""
+    pose, k = np.eye(4), K.copy()
+    pose.flags.writeable = k.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _project([[0.5, -0.25, 2.0]], pose=pose, k=k) == ([16], [48], [True])
 
 
 def test_translated_camera():

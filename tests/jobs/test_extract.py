@@ -1,11 +1,13 @@
 """`sas-ray extract` against the sequential OpenScene-style reference, per dataset preset, locally and on S3;
 resume and per-scene error isolation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from jobs.extract import frame_groups, run_extract
+from jobs.extract import _TeacherRun, frame_groups, run_extract
 from sas_ray.features import decode_features, feature_file
 from jobs.prepare import run_prepare
 from sas_ray.config import PRESETS, ExtractConfig, PrepareConfig, parse_config
@@ -14,7 +16,7 @@ from sas_ray.geometry.resize import resize_frame
 from sas_ray.models import build_teacher
 from sas_ray.prepared import read_frame_index, read_info, read_scene
 from sas_ray.reference import reference_fusion
-from sas_ray.storage import Storage
+from sas_ray.storage import Storage, sha256_bytes
 
 TEACHER = {"name": "openclip-dense", "tiny": True, "gpus": 0, "batch_size": 3, "options": {"flip": True}}
 
@@ -133,3 +135,25 @@ def test_frame_groups_cover_every_frame_once():
     assert [(g["scene"], g["group"], g["num_groups"]) for g in groups] == [
         ("a", 0, 3), ("a", 1, 3), ("a", 2, 3), ("b", 0, 3), ("b", 1, 3), ("b", 2, 3), ("c", 0, 1)]
     assert np.sum([len(__import__("json").loads(g["frames"])) for g in groups]) == 14
+
+
+def test_scene_recipes_hash_every_checkpoint_of_the_teacher(tmp_path):
+    """A new SAM checkpoint at the same path makes sam-clip's scenes stale (the recipe reads both checkpoints'
+    bytes, CLIP's and SAM's); a teacher of one checkpoint keeps the recipe it always had (scene and weights)."""
+    clip, sam = tmp_path / "clip.safetensors", tmp_path / "sam.safetensors"
+    clip.write_bytes(b"clip")
+    sam.write_bytes(b"sam")
+    cfg = parse_config({"prepared": str(tmp_path), "output": str(tmp_path / "out"), "teachers": [
+        {"name": "sam-clip", "weights": str(clip), "options": {"sam_weights": str(sam)}},
+        {"name": "openclip-dense", "weights": str(clip)}]}, ExtractConfig)
+
+    def recipe(spec):
+        run = object.__new__(_TeacherRun)  # the recipe alone: no prepared dataset, no manifest
+        run.cfg, run.spec, run.labelled_only, run.image_size, run.resize = cfg, spec, True, None, "resize"
+        run.visibility = {"cut_bound": 10, "vis_thres": 0.25}
+        return run.unit_recipes(["s"], {"s": "d"})["s"]
+
+    before, dense = recipe(cfg.teachers[0]), recipe(cfg.teachers[1])
+    sam.write_bytes(b"sam, trained further")
+    assert recipe(cfg.teachers[0]).change_from(before.config, before.inputs) == "input changed: sam_weights"
+    assert json.loads(dense.inputs) == {"scene": "d", "weights": sha256_bytes(b"clip")}

@@ -117,3 +117,25 @@ def test_safetensors_checkpoints_are_views_equal_to_safetensors_own_load():
     bad = bad.ljust(n)
     with pytest.raises(InputError, match="ckpt.safetensors: not a valid safetensors file: f32: offsets"):
         parse_checkpoint(blob[:8] + bad + blob[8 + n:], "ckpt.safetensors")
+
+
+def test_a_checkpoint_hashes_its_bytes_once_and_only_when_its_id_is_asked(monkeypatch):
+    """SAM's checkpoint is never hashed in an actor (only CLIP's id names a text space): the sha256 is lazy, and it
+    is the sha256 of the file's bytes, for both formats."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from sas_ray.models import weights
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(3)}, buf)
+    real, hashed = hashlib.sha256, []
+    monkeypatch.setattr(weights.hashlib, "sha256", lambda data: hashed.append(len(data)) or real(data))
+    for blob in (save({"w": torch.ones(3)}), buf.getvalue()):
+        checkpoint = parse_checkpoint(blob, "x")
+        torch.testing.assert_close(checkpoint.state["w"], torch.ones(3))
+        assert hashed == []
+        assert (checkpoint.id, checkpoint.sha256) == (real(blob).hexdigest()[:12], real(blob).hexdigest())
+        assert hashed == [len(blob)]
+        hashed.clear()
