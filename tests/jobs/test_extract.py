@@ -134,7 +134,7 @@ def test_frame_groups_cover_every_frame_once():
     groups = frame_groups(rows, ["a", "b", "c"], frames_per_task=3)
     assert [(g["scene"], g["group"], g["num_groups"]) for g in groups] == [
         ("a", 0, 3), ("a", 1, 3), ("a", 2, 3), ("b", 0, 3), ("b", 1, 3), ("b", 2, 3), ("c", 0, 1)]
-    assert np.sum([len(__import__("json").loads(g["frames"])) for g in groups]) == 14
+    assert np.sum([len(json.loads(g["frames"])) for g in groups]) == 14
 
 
 def test_scene_recipes_hash_every_checkpoint_of_the_teacher(tmp_path):
